@@ -1,0 +1,133 @@
+"""Real servers and the pools that group them, with the live counters schedulers read.
+
+"ServerPool" is a group of real servers chosen by rules; "ConnectionPool" (upstream.py) is the
+set of reusable TCP connections to *one* server. The two names stay distinct everywhere.
+
+Nothing here does I/O: the frontend calls ``begin``/``end`` around each request and health checks
+call ``mark_up``/``mark_down``; the pool forwards those events to its scheduler's hooks
+(HAProxy's ``lbprm.server_take_conn`` / ``set_server_status_up``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import PoolSpec
+    from .schedulers import Scheduler
+
+# Weight of the newest sample in the response-time moving average; 1/8 is TCP's SRTT gain
+# (RFC 6298 §2.3, alpha = 1/8).
+LATENCY_EWMA_GAIN = 0.125
+
+
+class Server:
+    """One real server and its live counters (the numbers the monitor shows)."""
+
+    __slots__ = (
+        "name", "host", "port", "weight", "up", "inflight", "total", "failures",
+        "latency", "conns", "idle_conns", "pool_name", "index",
+    )
+
+    def __init__(self, name: str, host: str, port: int, weight: int = 1, pool_name: str = "",
+                 index: int = 0) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.up = True
+        self.inflight = 0  # requests sent and not yet answered in full
+        self.total = 0  # requests ever sent
+        self.failures = 0  # connect errors, resets, timeouts
+        self.latency = 0.0  # EWMA of time to response head, seconds
+        self.conns = 0  # open upstream connections (busy + idle)
+        self.idle_conns = 0
+        self.pool_name = pool_name
+        self.index = index  # position in the pool, stable for hashing tables
+
+    @property
+    def available(self) -> bool:
+        """Eligible for new work: up and not quiesced (weight 0 = drain, as IPVS)."""
+        return self.up and self.weight > 0
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def record_latency(self, seconds: float) -> None:
+        if self.latency == 0.0:
+            self.latency = seconds
+        else:
+            self.latency += LATENCY_EWMA_GAIN * (seconds - self.latency)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "address": self.address, "weight": self.weight, "up": self.up,
+            "inflight": self.inflight, "total": self.total, "failures": self.failures,
+            "latency_ms": round(self.latency * 1000, 3), "conns": self.conns,
+            "idle_conns": self.idle_conns,
+        }
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else "down"
+        return (f"<Server {self.pool_name}/{self.name} {self.address} w={self.weight} {state} "
+                f"inflight={self.inflight} total={self.total}>")
+
+
+class ServerPool:
+    """A named group of real servers plus the scheduler that picks among them."""
+
+    __slots__ = ("name", "servers", "scheduler", "spec", "created")
+
+    def __init__(self, spec: PoolSpec) -> None:
+        from .schedulers import create
+
+        self.name = spec.name
+        self.spec = spec
+        self.servers = [
+            Server(s.name, s.host, s.port, s.weight, spec.name, i) for i, s in enumerate(spec.servers)
+        ]
+        self.scheduler: Scheduler = create(spec.scheduler, self.servers, spec.scheduler_options)
+        self.created = time.monotonic()
+
+    def pick(self, key: str | None = None, exclude: Server | None = None) -> Server | None:
+        """The scheduler's choice for ``key``, or None when no server is available."""
+        server = self.scheduler.pick(key)
+        if server is not None and server is exclude:
+            # A retry after a refused connect: ask once more, then any other available server.
+            server = self.scheduler.pick(key)
+            if server is exclude:
+                server = next((s for s in self.servers if s.available and s is not exclude), None)
+        return server
+
+    def begin(self, server: Server) -> None:
+        server.inflight += 1
+        server.total += 1
+        self.scheduler.on_start(server)
+
+    def end(self, server: Server) -> None:
+        server.inflight -= 1
+        self.scheduler.on_end(server)
+
+    def mark_down(self, server: Server) -> None:
+        if server.up:
+            server.up = False
+            self.scheduler.on_down(server)
+
+    def mark_up(self, server: Server) -> None:
+        if not server.up:
+            server.up = True
+            self.scheduler.on_up(server)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "scheduler": self.scheduler.name,
+            "servers": [s.snapshot() for s in self.servers],
+        }
+
+    def __repr__(self) -> str:
+        up = sum(1 for s in self.servers if s.available)
+        inflight = sum(s.inflight for s in self.servers)
+        return (f"<ServerPool {self.name} {self.scheduler.name} [{up}/{len(self.servers)} available, "
+                f"{inflight} in flight]>")

@@ -1,0 +1,88 @@
+"""Every exception l7switch raises on purpose, in one place.
+
+Each HTTP-facing error knows the status it becomes (h11's ``error_status_hint``), so the frontend
+turns any of them into a response with one handler. Configuration problems are a different kind
+of error: they carry a list of located issues and never reach a client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class L7Error(Exception):
+    """Base class; ``status`` is what a client is told, ``close`` whether framing is in doubt."""
+
+    status = 500
+    reason = "Internal Server Error"
+    close = True
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+
+
+# ---- client side (the request was bad) -------------------------------------------------------
+
+class BadRequest(L7Error):
+    status, reason = 400, "Bad Request"
+
+
+class RequestTimeout(L7Error):
+    status, reason = 408, "Request Timeout"
+
+
+class PayloadTooLarge(L7Error):
+    status, reason = 413, "Payload Too Large"
+
+
+class HeadersTooLarge(L7Error):
+    status, reason = 431, "Request Header Fields Too Large"
+
+
+class NotImplementedMethod(L7Error):
+    status, reason = 501, "Not Implemented"
+
+
+# ---- server side (a real server failed us) -----------------------------------------------------
+
+class BadGateway(L7Error):
+    """The server reset, closed, or sent garbage before a complete response head."""
+
+    status, reason = 502, "Bad Gateway"
+    close = False
+
+
+class ServiceUnavailable(L7Error):
+    """No server could take the request: none up, or the connection was refused."""
+
+    status, reason = 503, "Service Unavailable"
+    close = False
+
+
+class GatewayTimeout(L7Error):
+    """Connect or response-head deadline passed (``timeouts.connect`` / ``timeouts.server``)."""
+
+    status, reason = 504, "Gateway Timeout"
+    close = False
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    file: str
+    line: int  # 1-based, as editors count
+    column: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A rule file that cannot be used; ``issues`` lists every problem found in one pass."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))

@@ -1,0 +1,537 @@
+"""One request and its response crossing the switch: the ``Exchange``.
+
+The frontend creates an exchange once a request head is parsed and routed; the exchange takes
+a server from the pool's scheduler, a connection from that server's ``ConnectionPool`` (or opens
+one — the only place a Task is created), streams the request body up, and streams the response
+back: head rewritten, body passed through (Content-Length), re-chunked (chunked, or
+close-delimited to a keep-alive client) or spliced (known length above ``splice.threshold``).
+Upgrades become a spliced two-way tunnel after the server's 101.
+
+Outcomes the client sees when a server fails (http-safety.md §3.2, RFC 9110 §15.6):
+refused connect -> one redispatch to another server, else 503; connect or response-head
+timeout -> 504; reset/garbage before a response head -> 502; reset mid-body -> the client
+connection is aborted so it detects the truncation (never padded, never hung).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from .errors import BadGateway, GatewayTimeout, L7Error, PayloadTooLarge, ServiceUnavailable
+from .flow import HIGH_WATER, PEER_FULL, SPLICING
+from .message import RequestHead, forward_request_head, forward_response_head, parse_content_length
+from .splice import SpliceJob
+
+if TYPE_CHECKING:
+    from .backends import Server, ServerPool
+    from .frontend import ClientConnection
+    from .upstream import ConnectionPool, UpstreamConnection
+
+CHUNK_END = b"0\r\n\r\n"
+NO_BODY_STATUS = (204, 304)
+
+
+class Exchange:
+    __slots__ = (
+        "client", "head", "pool", "route", "server", "cpool", "up", "t0", "started",
+        "to_up", "pending", "pending_size", "req_done", "req_body", "req_splice_left", "attempts",
+        "status", "resp_started", "resp_done", "resp_chunked", "resp_close", "resp_eof_framed",
+        "resp_splice_left", "to_client", "interim", "no_body", "finished", "failed", "jobs",
+        "tunnel_data", "upgrading", "body_sent_up", "upgrade_headers",
+    )
+
+    def __init__(self, client: ClientConnection, head: RequestHead, pool: ServerPool, route: str) -> None:
+        self.client = client
+        self.head = head
+        self.pool = pool
+        self.route = route  # rule label, for logs and stats
+        self.server: Server | None = None
+        self.cpool: ConnectionPool | None = None
+        self.up: UpstreamConnection | None = None
+        self.t0 = time.monotonic()
+        self.started = False
+        self.to_up: list[bytes] = []  # request bytes produced by one client read, written at once
+        self.pending: list[bytes] | None = []  # request bytes that arrived before a connection
+        self.pending_size = 0
+        self.req_done = False
+        self.req_body = 0
+        self.req_splice_left = 0
+        self.attempts = 0
+        self.status = 0
+        self.resp_started = False
+        self.resp_done = False
+        self.resp_chunked = False  # we frame the body to the client as chunked
+        self.resp_close = not head.keep_alive
+        self.resp_eof_framed = False  # the server's body ends when it closes
+        self.resp_splice_left = 0
+        self.to_client: list[bytes] = []
+        self.interim = False
+        self.no_body = False
+        self.finished = False
+        self.failed = False
+        self.jobs: list[SpliceJob] = []
+        self.tunnel_data = b""
+        self.upgrading = False
+        self.body_sent_up = False
+        self.upgrade_headers: list[tuple[bytes, bytes]] = []
+
+    # ---- request side ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Pick a server and get a connection to it (pooled, or a new one)."""
+        self.started = True
+        server = self.pool.pick(None)
+        if server is None:
+            self.fail(ServiceUnavailable(f"no server available in pool '{self.pool.name}'"))
+            return
+        self._use(server)
+
+    def _use(self, server: Server) -> None:
+        self.server = server
+        self.pool.begin(server)
+        self.cpool = cpool = self.client.switch.cpools[server]
+        conn = cpool.acquire()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.client.switch.loop.create_task(self._connect(cpool))
+
+    async def _connect(self, cpool: ConnectionPool) -> None:
+        self.attempts += 1
+        try:
+            conn = await cpool.connect(self.client.switch.config.timeouts.connect)
+        except asyncio.TimeoutError:
+            self._connect_failed(GatewayTimeout(f"connect to {cpool.server.address} timed out"))
+            return
+        except OSError as exc:
+            self._connect_failed(ServiceUnavailable(f"connect to {cpool.server.address} failed: "
+                                                    f"{exc.strerror or exc}"), refused=True)
+            return
+        if self.finished:
+            cpool.release(conn)
+        else:
+            self._attach(conn)
+
+    def _connect_failed(self, err: L7Error, refused: bool = False) -> None:
+        server = self.server
+        assert server is not None
+        server.failures += 1
+        self.pool.end(server)
+        self.server = None
+        if self.finished:
+            return
+        if refused and self.attempts < 2:
+            # HAProxy's `option redispatch`: a refused connection is safe to retry elsewhere,
+            # nothing was sent (RFC 9110 §9.2.2's caution is about requests already sent).
+            other = self.pool.pick(None, exclude=server)
+            if other is not None and other is not server:
+                self._use(other)
+                return
+        self.fail(err)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.up = conn
+        conn.exchange = self
+        conn.deadline = time.monotonic() + self.client.switch.config.timeouts.server
+        head = forward_request_head(self.head, self.client.peer_ip, self.client.proto, self.head.chunked)
+        pending, self.pending = self.pending, None
+        if pending:
+            self.body_sent_up = True
+            conn.writelines([head, *pending])
+        else:
+            conn.write(head)
+        if self.pending_size > HIGH_WATER:
+            self.client.flow.resume_reading(PEER_FULL)
+        if self.req_splice_left and not self.req_done and not self.client.feeding:
+            # Inside a parser callback the current read's body bytes are still to come through
+            # on_body; after_client_feed starts the splice once the parser has consumed them.
+            self._start_request_splice()
+
+    def request_body(self, data: bytes) -> None:
+        n = len(data)
+        self.req_body += n
+        limit = self.client.switch.config.limits.max_body_bytes
+        if limit is not None and self.req_body > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        framed = (b"%x\r\n" % n, data, b"\r\n") if self.head.chunked else (data,)
+        if self.pending is not None:
+            self.pending.extend(framed)
+            self.pending_size += n
+            if self.pending_size > HIGH_WATER:
+                self.client.flow.pause_reading(PEER_FULL)  # no server yet: stop reading the client
+        else:
+            self.to_up.extend(framed)
+
+    def request_complete(self) -> None:
+        if self.req_done:
+            return
+        self.req_done = True
+        if self.head.chunked:
+            if self.pending is not None:
+                self.pending.append(CHUNK_END)
+            else:
+                self.to_up.append(CHUNK_END)
+        if self.resp_done and not self.finished:
+            self._finish()
+
+    def after_client_feed(self) -> None:
+        """Write what one client read produced, as one write."""
+        if self.to_up and self.up is not None:
+            out, self.to_up = self.to_up, []
+            self.body_sent_up = True
+            self.up.writelines(out)
+        if self.req_splice_left and not self.req_done and self.up is not None and not self.jobs:
+            self._start_request_splice()
+
+    def plan_request_splice(self) -> None:
+        """Called at the request head: a large known-length body crosses by splice."""
+        splice = self.client.switch.config.splice
+        cl = self.head.content_length
+        if splice.enabled and cl is not None and cl >= splice.threshold and not self.head.expect_continue:
+            self.req_splice_left = cl  # reduced by what the first read already carried
+
+    def _start_request_splice(self) -> None:
+        left = (self.head.content_length or 0) - self.req_body
+        if left <= 0:
+            self.req_splice_left = 0
+            return
+        client, up = self.client, self.up
+        assert up is not None and up.transport is not None
+        self.req_splice_left = left
+        client.flow.pause_reading(SPLICING)
+        if self.to_up:
+            out, self.to_up = self.to_up, []
+            up.writelines(out)
+
+        def go() -> None:
+            if self.finished or self.up is None or client.transport is None:
+                return
+            job = SpliceJob(client.switch.loop, client.transport, up.transport, left, self._request_spliced)
+            self.jobs.append(job)
+            job.start()
+        _when_drained(up.transport, go)
+
+    def _request_spliced(self, moved: int, error: BaseException | None) -> None:
+        self.jobs = [j for j in self.jobs if not j.finished]
+        self.req_body += moved
+        self.req_splice_left = 0
+        if error is not None:
+            self.client.abort()
+            return
+        self.client.reset_parser()
+        self.client.flow.resume_reading(SPLICING)
+        self.request_complete()
+
+    # ---- response side (called by UpstreamConnection) ----------------------------------------
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      version: str) -> None:
+        if self.resp_started or self.resp_done:
+            if self.up is not None:
+                self.up.keep_alive = False  # a second response to one request: in doubt
+            return
+        if 100 <= status < 200 and status != 101:
+            # RFC 9110 §15.2: forward 1xx, but never to an HTTP/1.0 client.
+            self.interim = True
+            if self.head.version == "1.1":
+                self.to_client.append(forward_response_head(status, reason, headers, b"", False))
+            return
+        server = self.server
+        if server is not None:
+            server.record_latency(time.monotonic() - self.t0)
+        self.status = status
+        up = self.up
+        if status == 101:
+            if self.head.upgrade is None:
+                self.upstream_failed("101 to a request that asked for no upgrade", garbage=True)
+                return
+            self.upgrading = True
+            self.upgrade_headers = headers
+            self.to_client.append(forward_response_head(101, reason, headers, b"", False,
+                                                         upgrade=self.head.upgrade))
+            return
+        if self.head.upgrade is not None:
+            # The server declined the upgrade: answer normally, then close both connections
+            # (http-safety.md: switch to a tunnel only after a real 101).
+            self.resp_close = True
+            if up is not None:
+                up.keep_alive = False
+        if up is not None and not up.keep_alive:
+            pass
+        cl = None
+        chunked = False
+        for name, value in headers:
+            if name == b"content-length":
+                cl = parse_content_length(value.split(b",")[0])
+            elif name == b"transfer-encoding":
+                chunked = True
+        if self.head.method == b"HEAD" or status in NO_BODY_STATUS:
+            self.no_body = True
+            framing = b"Content-Length: %d\r\n" % cl if cl is not None else b""
+        elif chunked:
+            if self.head.version == "1.1":
+                self.resp_chunked = True
+                framing = b"Transfer-Encoding: chunked\r\n"
+            else:
+                self.resp_close = True  # an HTTP/1.0 client gets the de-chunked body up to close
+                framing = b""
+        elif cl is not None:
+            framing = b"Content-Length: %d\r\n" % cl
+            splice = self.client.switch.config.splice
+            if splice.enabled and cl >= splice.threshold:
+                self.resp_splice_left = cl
+        else:
+            self.resp_eof_framed = True
+            if up is not None:
+                up.keep_alive = False
+            if self.head.version == "1.1" and not self.resp_close:
+                self.resp_chunked = True  # keep the client's connection: re-frame as chunked
+                framing = b"Transfer-Encoding: chunked\r\n"
+            else:
+                self.resp_close = True
+                framing = b""
+        if self.client.closing_after:
+            self.resp_close = True
+        self.resp_started = True
+        self.to_client.append(forward_response_head(status, reason, headers, framing, self.resp_close))
+
+    def response_body(self, data: bytes) -> None:
+        if self.no_body or self.resp_done:
+            if self.up is not None:
+                self.up.keep_alive = False  # bytes where none belong
+            return
+        if self.resp_splice_left:
+            self.resp_splice_left -= len(data)
+        if self.resp_chunked:
+            self.to_client.extend((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.to_client.append(data)
+
+    def response_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.upgrading:
+            self.response_upgraded(b"")
+            return
+        if self.resp_done or not self.resp_started:
+            return
+        self.resp_done = True
+        self.resp_splice_left = 0
+        if self.resp_chunked:
+            self.to_client.append(CHUNK_END)
+
+    def after_upstream_feed(self) -> None:
+        if self.finished:
+            return
+        if self.to_client:
+            out, self.to_client = self.to_client, []
+            self.client.writelines(out)
+        up = self.up
+        if up is None:
+            return
+        if self.no_body and self.resp_started and not self.resp_done:
+            # llhttp cannot know the request was HEAD; the response ends at its head.
+            up.reset_parser()
+            self.resp_done = True
+        if self.resp_done:
+            if self.req_done:
+                self._finish()
+            else:
+                # Answered before the request body ended (e.g. an early 413): neither
+                # connection can be trusted to be at a message boundary.
+                self.resp_close = True
+                up.keep_alive = False
+                self._finish()
+        elif self.resp_splice_left > 0:
+            self._start_response_splice()
+
+    def _start_response_splice(self) -> None:
+        up, client = self.up, self.client
+        assert up is not None and up.flow is not None and client.transport is not None
+        left = self.resp_splice_left
+        self.resp_splice_left = 0
+        up.flow.pause_reading(SPLICING)
+
+        def go() -> None:
+            if self.finished or up.transport is None or client.transport is None:
+                return
+            job = SpliceJob(client.switch.loop, up.transport, client.transport, left, self._response_spliced)
+            self.jobs.append(job)
+            job.start()
+        _when_drained(client.transport, go)
+
+    def _response_spliced(self, moved: int, error: BaseException | None) -> None:
+        self.jobs = [j for j in self.jobs if not j.finished]
+        up = self.up
+        if error is not None or up is None:
+            self._abort_both()
+            return
+        up.reset_parser()
+        assert up.flow is not None
+        up.flow.resume_reading(SPLICING)
+        self.resp_done = True
+        self.after_upstream_feed()
+
+    def response_upgraded(self, leftover: bytes) -> None:
+        """The server answered 101: both sockets become one spliced tunnel."""
+        up, client = self.up, self.client
+        if not self.upgrading or up is None or up.transport is None or client.transport is None:
+            self.upstream_failed("unexpected protocol switch", garbage=True)
+            return
+        self.upgrading = False
+        self.resp_started = self.resp_done = True
+        if self.to_client:
+            out, self.to_client = self.to_client, []
+            client.writelines(out)
+        if leftover:
+            client.write(leftover)
+        if self.tunnel_data:
+            up.write(self.tunnel_data)
+            self.tunnel_data = b""
+        assert up.flow is not None
+        up.flow.pause_reading(SPLICING)
+        client.flow.pause_reading(SPLICING)
+        client.tunnel = self
+        up.deadline = 0.0  # tunnels live until either side closes
+        remaining = [2]
+
+        def one_done(moved: int, error: BaseException | None) -> None:
+            remaining[0] -= 1
+            if error is not None or remaining[0] == 0:
+                self._abort_both(graceful=error is None)
+
+        def go() -> None:
+            if self.finished or up.transport is None or client.transport is None:
+                return
+            if up.transport.get_write_buffer_size() or client.transport.get_write_buffer_size():
+                _when_drained(up.transport if up.transport.get_write_buffer_size() else client.transport, go)
+                return
+            loop = client.switch.loop
+            self.jobs = [SpliceJob(loop, client.transport, up.transport, None, one_done),
+                         SpliceJob(loop, up.transport, client.transport, None, one_done)]
+            for job in list(self.jobs):
+                job.start()
+        go()
+
+    # ---- failures ---------------------------------------------------------------------------------
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The server's connection closed (``up.exchange`` is already cleared)."""
+        if self.finished:
+            return
+        up, self.up = self.up, None
+        if self.jobs:
+            return  # the splice job sees the EOF or error itself and reports it
+        if self.resp_started and self.resp_eof_framed and not self.resp_done:
+            self.resp_done = True  # a close-delimited body ends here (RFC 9112 §6.3(8))
+            if self.resp_chunked:
+                self.to_client.append(CHUNK_END)
+            self.after_upstream_feed()
+            self._finish()
+            return
+        if self.resp_started:
+            self._abort_both()  # truncated: the client must see an incomplete message
+            return
+        if (up is not None and up.reused and not up.got_bytes and not self.body_sent_up
+                and self.attempts < 2 and not self.head.upgrade):
+            # A pooled keep-alive connection the server had already closed: the request never
+            # reached it, so it is safe to send it again on a fresh connection.
+            self.attempts += 1
+            self.client.switch.loop.create_task(self._connect(self.cpool))  # type: ignore[arg-type]
+            return
+        if self.server is not None:
+            self.server.failures += 1
+        self.fail(BadGateway("server closed the connection before responding"))
+
+    def upstream_failed(self, detail: str, garbage: bool = False) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.close()
+        if self.server is not None:
+            self.server.failures += 1
+        if self.resp_started:
+            self._abort_both()
+        else:
+            self.fail(BadGateway(detail))
+
+    def upstream_timeout(self) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.close()
+        if self.server is not None:
+            self.server.failures += 1
+        if self.resp_started:
+            self._abort_both()
+        else:
+            self.fail(GatewayTimeout(f"no response within {self.client.switch.config.timeouts.server:g}s"))
+
+    def upstream_drained(self) -> None:
+        pass
+
+    def fail(self, err: L7Error) -> None:
+        """Answer the client with the switch's own error response for this exchange."""
+        if self.finished:
+            return
+        self.failed = True
+        self.to_client.clear()
+        close = err.close or not self.req_done or self.resp_close
+        self._finish(error=err, close=close)
+
+    def client_lost(self) -> None:
+        """The client went away: cancel everything; the server connection is in doubt."""
+        for job in self.jobs:
+            job.cancel()
+        self.jobs = []
+        up, self.up = self.up, None
+        if up is not None:
+            up.close()
+        if not self.finished:
+            self.finished = True
+            if self.server is not None:
+                self.pool.end(self.server)
+
+    def _abort_both(self, graceful: bool = False) -> None:
+        for job in self.jobs:
+            job.cancel()
+        self.jobs = []
+        up, self.up = self.up, None
+        if up is not None:
+            up.close()
+        if not self.finished:
+            self.finished = True
+            if self.server is not None:
+                self.pool.end(self.server)
+        if graceful:
+            self.client.close()
+        else:
+            self.client.abort()
+
+    def _finish(self, error: L7Error | None = None, close: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.server is not None:
+            self.pool.end(self.server)
+        up, self.up = self.up, None
+        if up is not None:
+            if error is None and self.req_done and self.resp_done and self.cpool is not None:
+                self.cpool.release(up)
+            else:
+                up.close()
+        self.client.exchange_finished(self, error, close or self.resp_close or not self.req_done)
+
+    def __repr__(self) -> str:
+        state = "done" if self.finished else ("responding" if self.resp_started else "waiting")
+        server = self.server.address if self.server else "-"
+        return (f"<Exchange {self.head.method.decode()} {self.head.path} -> {self.pool.name}/{server} "
+                f"{state} status={self.status}>")
+
+
+def _when_drained(transport: asyncio.BaseTransport, callback: object) -> None:
+    """Run ``callback`` once the transport's write buffer is empty (byte order before a splice)."""
+    if transport.get_write_buffer_size() == 0:  # type: ignore[attr-defined]
+        callback()  # type: ignore[operator]
+        return
+    proto = transport.get_protocol()
+    proto.drain_waiters.append(callback)  # type: ignore[attr-defined]
+    transport.set_write_buffer_limits(high=0, low=0)  # type: ignore[attr-defined]
