@@ -1,0 +1,115 @@
+"""Pure request-head validation and rewriting (message.py): values in, values out."""
+
+from __future__ import annotations
+
+import pytest
+
+from l7switch.errors import BadRequest
+from l7switch.message import (
+    check_request, error_response, forward_request_head, forward_response_head, normalize_path,
+)
+
+H = [(b"host", b"example.com")]
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("/a/b", "/a/b"),
+    ("/a/../admin", "/admin"),
+    ("/a/./b/", "/a/b/"),
+    ("/../../etc", "/etc"),
+    ("/%61dmin", "/admin"),
+    ("/a%2Fb", "/a%2Fb"),  # an encoded slash is not unreserved: stays encoded
+    ("/a%2fb", "/a%2Fb"),
+    ("/x/..", "/"),
+    ("/images/%2e%2e/secret", "/secret"),
+])
+def test_normalize_path(raw: str, expected: str) -> None:
+    assert normalize_path(raw) == expected
+
+
+@pytest.mark.parametrize("method,url,headers,version,why", [
+    (b"GET", b"/", [], "1.1", "missing Host"),
+    (b"GET", b"/", H + H, "1.1", "more than one Host"),
+    (b"GET", b"/", [(b"host", b"user@evil")], "1.1", "invalid Host"),
+    (b"GET", b"/", [(b"host", b"a/b")], "1.1", "invalid Host"),
+    (b"POST", b"/", H + [(b"content-length", b"3"), (b"transfer-encoding", b"chunked")], "1.1",
+     "both Content-Length and Transfer-Encoding"),
+    (b"POST", b"/", H + [(b"content-length", b"3"), (b"content-length", b"4")], "1.1", "conflicting"),
+    (b"POST", b"/", H + [(b"content-length", b"+3")], "1.1", "invalid Content-Length"),
+    (b"POST", b"/", H + [(b"transfer-encoding", b"chunked")], "1.0", "HTTP/1.0"),
+    (b"POST", b"/", H + [(b"transfer-encoding", b"gzip")], "1.1", "unsupported Transfer-Encoding"),
+    (b"GET", b"/a#frag", H, "1.1", "fragment"),
+    (b"GET", b"/", H, "2.0", "unsupported HTTP version"),
+    (b"GET", b"/", H, "0.9", "unsupported HTTP version"),
+    (b"GET", b"http://u@h/", H, "1.1", "userinfo"),
+    (b"GET", b"nothing", H, "1.1", "invalid request target"),
+])
+def test_bad_requests_are_rejected(method: bytes, url: bytes, headers: list, version: str, why: str) -> None:
+    with pytest.raises(BadRequest, match=why):
+        check_request(method, url, headers, version, True, False)
+
+
+def test_identical_content_length_values_collapse_and_leading_zeros_normalise() -> None:
+    head = check_request(b"POST", b"/", H + [(b"content-length", b"007"), (b"content-length", b"7")],
+                         "1.1", True, False)
+    assert head.content_length == 7
+    assert b"Content-Length: 7\r\n" in forward_request_head(head, "10.0.0.1", b"http", False)
+
+
+def test_absolute_form_replaces_host() -> None:
+    head = check_request(b"GET", b"http://other.example:8080/p?q=1", H, "1.1", True, False)
+    assert head.host == b"other.example:8080"
+    assert head.target == b"/p?q=1"
+
+
+def test_http10_client_is_never_kept_alive() -> None:
+    assert not check_request(b"GET", b"/", [], "1.0", True, False).keep_alive
+
+
+def test_forward_strips_hop_by_hop_and_connection_named_fields_before_adding_ours() -> None:
+    headers = H + [
+        (b"connection", b"X-Secret, X-Forwarded-For"), (b"x-secret", b"1"), (b"keep-alive", b"timeout=5"),
+        (b"x-forwarded-for", b"1.2.3.4"), (b"x-forwarded-proto", b"https"), (b"via", b"1.0 fake"),
+        (b"te", b"trailers"), (b"accept", b"*/*"),
+    ]
+    head = check_request(b"GET", b"/", headers, "1.1", True, False)
+    out = forward_request_head(head, "10.0.0.9", b"http", False).decode()
+    assert out.startswith("GET / HTTP/1.1\r\nHost: example.com\r\n")
+    assert "x-secret" not in out.lower() and "keep-alive" not in out.lower() and "\r\nte:" not in out.lower()
+    assert "X-Forwarded-For: 10.0.0.9\r\n" in out  # the client's own list was named in Connection
+    assert "X-Forwarded-Proto: http\r\n" in out and "https" not in out
+    assert out.count("Via:") == 1 and "Via: 1.1 l7switch" in out
+    assert "accept: */*" in out
+
+
+def test_forward_appends_to_client_x_forwarded_for() -> None:
+    head = check_request(b"GET", b"/", H + [(b"x-forwarded-for", b"1.2.3.4")], "1.1", True, False)
+    assert b"X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n" in forward_request_head(head, "10.0.0.9", b"http", False)
+
+
+def test_chunked_request_is_forwarded_chunked_without_content_length() -> None:
+    head = check_request(b"POST", b"/", H + [(b"transfer-encoding", b"chunked")], "1.1", True, False)
+    out = forward_request_head(head, "1.1.1.1", b"http", True)
+    assert b"Transfer-Encoding: chunked\r\n" in out and b"Content-Length" not in out
+
+
+def test_upgrade_only_for_allowed_tokens_with_connection_upgrade() -> None:
+    ok = H + [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
+    assert check_request(b"GET", b"/ws", ok, "1.1", True, True).upgrade == b"websocket"
+    with pytest.raises(BadRequest):
+        check_request(b"GET", b"/", H + [(b"connection", b"Upgrade"), (b"upgrade", b"h2c")], "1.1", True, True)
+
+
+def test_response_head_rewrites_framing_and_connection() -> None:
+    out = forward_response_head(200, b"OK", [(b"connection", b"keep-alive, x-internal"),
+                                             (b"x-internal", b"1"), (b"server", b"o")],
+                                b"Content-Length: 5\r\n", close=True)
+    assert out == (b"HTTP/1.1 200 OK\r\nserver: o\r\nVia: 1.1 l7switch\r\nConnection: close\r\n"
+                   b"Content-Length: 5\r\n\r\n")
+
+
+def test_error_response_is_complete_and_short() -> None:
+    out = error_response(503, "no server", close=False)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"Content-Length: %d" % len(body) in head and b"Connection: close" not in head

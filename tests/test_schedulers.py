@@ -1,0 +1,79 @@
+"""Scheduler interface conformance and the defining behaviour of rr and wlc (pure, no sockets)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from l7switch.backends import Server
+from l7switch.schedulers import SCHEDULERS, Scheduler, create, register
+
+
+def servers(*weights: int) -> list[Server]:
+    return [Server(f"s{i}", "127.0.0.1", 9000 + i, w, "p", i) for i, w in enumerate(weights)]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_skips_down_and_quiesced_servers(name: str) -> None:
+    ss = servers(1, 1, 0)
+    ss[0].up = False
+    sched = create(name, ss)
+    picks = {sched.pick(f"/k{i}") for i in range(50)}
+    assert picks == {ss[1]}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_returns_none_when_nothing_is_available(name: str) -> None:
+    ss = servers(1, 1)
+    for s in ss:
+        s.up = False
+    assert create(name, ss).pick("/x") is None
+
+
+def test_rr_cycles_in_order_and_ignores_weights() -> None:
+    ss = servers(1, 5, 1)
+    sched = create("rr", ss)
+    assert [sched.pick(None).name for _ in range(6)] == ["s0", "s1", "s2", "s0", "s1", "s2"]
+
+
+def test_rr_passes_a_masked_servers_turn_on() -> None:
+    ss = servers(1, 1, 1)
+    sched = create("rr", ss)
+    assert sched.pick(None) is ss[0]
+    ss[1].up = False
+    assert sched.pick(None) is ss[2]
+    assert sched.pick(None) is ss[0]
+
+
+def test_wlc_prefers_the_idle_server() -> None:
+    ss = servers(1, 1, 1)
+    ss[0].inflight, ss[1].inflight, ss[2].inflight = 3, 0, 2
+    assert create("wlc", ss).pick(None) is ss[1]
+
+
+def test_wlc_weighs_load_by_weight() -> None:
+    ss = servers(1, 4)
+    ss[0].inflight, ss[1].inflight = 1, 3  # overheads 1/1 vs 3/4
+    assert create("wlc", ss).pick(None) is ss[1]
+
+
+def test_wlc_spreads_in_proportion_to_weight_under_sustained_load() -> None:
+    ss = servers(1, 3)
+    sched = create("wlc", ss)
+    counts: collections.Counter[str] = collections.Counter()
+    for _ in range(400):  # requests that stay in flight
+        s = sched.pick(None)
+        assert s is not None
+        s.inflight += 1
+        counts[s.name] += 1
+    assert counts["s1"] == 3 * counts["s0"]
+
+
+def test_registry_rejects_duplicates_and_unknown_names() -> None:
+    with pytest.raises(ValueError):
+        @register
+        class Again(Scheduler):
+            name = "rr"
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        create("nope", servers(1))
