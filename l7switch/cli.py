@@ -1,0 +1,122 @@
+"""The ``l7switch`` command: run, check, explain, demo.
+
+Exit codes: 0 success, 1 a rule file with problems (each printed as FILE:LINE:COL: message,
+the format editors and CI annotators jump to), 2 bad command-line usage (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import Config, load_config
+from .errors import ConfigError
+from .rules import RequestView
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+    except ImportError:  # an editable install made before __init__.py existed sees a namespace
+        from importlib.metadata import version
+        return version("l7switch")
+    return __version__
+
+
+def _load(path: str) -> Config | None:
+    """The config, or None after printing every issue (sorted by position) to stdout."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        issues = sorted(e.issues, key=lambda i: (i.line, i.column))
+        for issue in issues:
+            print(issue)
+        print(f"{path}: {len(issues)} problem{'s' if len(issues) != 1 else ''}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        config = _load(path)
+        if config is None:
+            status = 1
+            continue
+        n_pools, n_rules, n_listen = len(config.pools), len(config.router.rules), len(config.listeners)
+        print(f"{path}: OK ({n_pools} pool{'s' if n_pools != 1 else ''}, "
+              f"{n_rules} rule{'s' if n_rules != 1 else ''}, "
+              f"{n_listen} listener{'s' if n_listen != 1 else ''})")
+    return status
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return 1
+    view = RequestView.from_url(args.method, args.url, list(args.headers))
+    print(config.router.explain(view, config.pools))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    from .server import run  # imported late: check/explain need no event loop
+
+    return run(config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l7switch", description="A content-based Layer-7 HTTP switch.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve with a rule file")
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="rule file (YAML)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate rule files and report every problem")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=cmd_check)
+
+    explain = sub.add_parser("explain", help="show which rule and pool a request would get, and why")
+    explain.add_argument("file", metavar="FILE")
+    explain.add_argument("url", metavar="URL", help="http://host/path?query or /path?query")
+    explain.add_argument("-X", "--method", default="GET", help="request method (default GET)")
+    explain.add_argument("-H", "--header", dest="headers", action="append", type=_header, default=[],
+                         metavar="'Name: value'", help="a request header (repeatable)")
+    explain.set_defaults(func=cmd_explain)
+
+    demo = sub.add_parser("demo", help="start a switch with demo origin servers")
+    demo.add_argument("--port", type=int, default=8080, help="switch port (default 8080)")
+    demo.add_argument("-c", "--config", default=None, metavar="FILE",
+                      help="rule file whose pools the demo starts origins for (default rules/demo.yaml)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130  # 128 + SIGINT, the shell's convention
+
+
+if __name__ == "__main__":
+    sys.exit(main())

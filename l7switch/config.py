@@ -1,0 +1,494 @@
+"""Rule files: loading, checking, and the frozen objects the rest of l7switch runs on.
+
+``parse_config`` walks the composed YAML node tree (see yamlnodes.py for why not safe_load),
+checks everything in one pass and raises ``ConfigError`` listing every issue with its line and
+column, or returns a ``Config``. Nothing in a ``Config`` can change after loading: a reload builds
+a new one.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from . import rules as R
+from .errors import ConfigError, ConfigIssue
+from .schedulers import SCHEDULERS
+from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duration, expect, integer,
+                        is_null, kind, mapping, nonempty_text, parse_address, parse_duration,
+                        parse_size, plain_value, record, regex, size, text_list)
+
+__all__ = ["ListenerSpec", "ServerSpec", "PoolSpec", "Timeouts", "Limits", "UpstreamSpec", "SpliceSpec",
+           "Config", "load_config", "parse_config", "parse_duration", "parse_size", "parse_address",
+           "ConfigError", "ConfigIssue"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    host: str
+    port: int  # 0 = any free port (tests)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    name: str
+    host: str  # IPv6 without brackets
+    port: int
+    weight: int = 1  # ipvsadm's default weight; 0 = quiesced (drain, no new requests)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    name: str
+    scheduler: str
+    servers: tuple[ServerSpec, ...]
+    scheduler_options: Mapping[str, Any]  # types.MappingProxyType
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0  # Envoy cluster connect_timeout default 5s (nginx proxy_connect_timeout: 60s)
+    server: float = 60.0  # nginx proxy_read_timeout 60s
+    client: float = 60.0  # nginx client_body_timeout / send_timeout 60s
+    header: float = 10.0  # HAProxy "timeout http-request", commonly set to 10s against slowloris
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = 32768  # Kestrel MaxRequestHeadersTotalSize 32 KB
+    max_headers: int = 100  # Envoy max_headers_count 100 (Kestrel MaxRequestHeaderCount 100)
+    max_body_bytes: int | None = None  # unlimited, as HAProxy and Envoy (nginx client_max_body_size: 1m)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    max_idle: int = 64  # per server; our choice, above nginx's documented "keepalive 16" example
+    idle_timeout: float = 60.0  # nginx keepalive_timeout 60s (upstream, since 1.15.3)
+
+
+@dataclass(frozen=True, slots=True)
+class SpliceSpec:
+    enabled: bool = True  # used only where os.splice exists (Linux); cf. HAProxy "option splice-auto"
+    threshold: int = 65536  # one pipe buffer: Linux's default pipe capacity is 64 KiB
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    listeners: tuple[ListenerSpec, ...]
+    pools: Mapping[str, PoolSpec]
+    router: R.Router
+    default_pool: str
+    timeouts: Timeouts
+    limits: Limits
+    upstream: UpstreamSpec
+    splice: SpliceSpec
+
+    @property
+    def rules(self) -> tuple[R.Rule, ...]:
+        return self.router.rules
+
+
+# ---- the walk ---------------------------------------------------------------------------------------
+
+TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice")
+POOL_KEYS = ("scheduler", "scheduler_options", "servers")
+SERVER_KEYS = ("address", "weight", "name")
+RULE_KEYS = ("name", "match", "pool")
+MATCH_KEYS = ("path_prefix", "path_regex", "extension", "host", "method", "header", "cookie",
+              "query", "any", "all", "not")
+DEFAULT_SCHEDULER = "rr"  # HAProxy's default "balance roundrobin" (ipvsadm's default is wlc)
+MAX_MATCH_DEPTH = 32  # deeper nesting is a mistake (or a recursive YAML alias)
+
+
+def load_config(path: str | PathLike[str]) -> Config:
+    """Read and parse the rule file at ``path``; every problem is raised as ``ConfigError``."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError([ConfigIssue(name, 1, 1, f"cannot read file: {e.strerror or e}")]) from None
+    try:
+        source = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError([ConfigIssue(name, line, col, f"file is not UTF-8: {e.reason}")]) from None
+    return parse_config(source, name)
+
+
+def parse_config(text: str, filename: str = "<string>") -> Config:
+    issues = Issues(filename)
+    root = compose(text, issues)
+    if root is None:
+        if not issues:
+            issues.at(1, 1, "the file is empty; expected a mapping with listen, pools and default_pool")
+        raise ConfigError(issues.sorted())
+    if not isinstance(root, MappingNode):
+        issues.add(root, f"top level: expected a mapping with listen, pools and default_pool, "
+                   f"found {kind(root)}")
+        raise ConfigError(issues.sorted())
+    top = mapping(root, "", issues, TOP_KEYS, required=("listen", "pools", "default_pool")) or {}
+
+    def section(key: str, fn: Callable[[Node, Issues], Any], default: Any) -> Any:
+        entry = top.get(key)
+        if entry is None or is_null(entry[1]):
+            return default
+        return fn(entry[1], issues)
+
+    listeners = _listeners(top["listen"][1], issues) if "listen" in top else ()
+    pools, pool_names = section("pools", _pools, ({}, []))
+    if "pools" in top:
+        pnode = top["pools"][1]
+        if is_null(pnode) or (isinstance(pnode, MappingNode) and not pnode.value):
+            issues.add(pnode, "pools: expected at least one pool")
+    rule_list = section("rules", lambda n, i: _rules(n, i, pool_names), ())
+    default_pool = ""
+    if "default_pool" in top:
+        node = top["default_pool"][1]
+        default_pool = nonempty_text(node, "default_pool", issues, "a pool name") or ""
+        if default_pool and pool_names and default_pool not in pool_names:
+            issues.add(node, f"default_pool: unknown pool {default_pool!r}"
+                       f"{did_you_mean(default_pool, pool_names, 'defined pools')}")
+    timeouts = section("timeouts", _timeouts, Timeouts())
+    limits = section("limits", _limits, Limits())
+    upstream = section("upstream", _upstream, UpstreamSpec())
+    splice = section("splice", _splice, SpliceSpec())
+    if issues:
+        raise ConfigError(issues.sorted())
+    return Config(
+        path=filename, listeners=tuple(listeners), pools=types.MappingProxyType(pools),
+        router=R.Router(rule_list, default_pool), default_pool=default_pool, timeouts=timeouts,
+        limits=limits, upstream=upstream, splice=splice,
+    )
+
+
+def _listeners(node: Node, issues: Issues) -> list[ListenerSpec]:
+    if is_null(node) or (isinstance(node, SequenceNode) and not node.value):
+        issues.add(node, "listen: expected at least one listener, e.g. '- address: 127.0.0.1:8080'")
+        return []
+    if not expect(node, SequenceNode, "listen", issues):
+        return []
+    out: list[ListenerSpec] = []
+    seen: dict[tuple[str, int], int] = {}
+    for i, item in enumerate(node.value):
+        path = f"listen[{i}]"
+        addr_node = item
+        if not isinstance(item, ScalarNode):  # mapping form: {address: host:port}
+            m = mapping(item, path, issues, ("address",), required=("address",))
+            if m is None or "address" not in m:
+                continue
+            addr_node, path = m["address"][1], f"{path}.address"
+        addr = address(addr_node, path, issues)
+        if addr is None:
+            continue
+        if addr[1] != 0 and addr in seen:
+            issues.add(addr_node, f"{path}: duplicate listener {addr_node.value!r} "
+                       f"(first at line {seen[addr]})")
+        seen.setdefault(addr, addr_node.start_mark.line + 1)
+        out.append(ListenerSpec(*addr))
+    return out
+
+
+def _pools(node: Node, issues: Issues) -> tuple[dict[str, PoolSpec], list[str]]:
+    """The valid pools, and the names of all pools written (so rules naming a pool that has its
+    own error are not also reported as unknown)."""
+    entries = mapping(node, "pools", issues)
+    if entries is None:
+        return {}, []
+    pools: dict[str, PoolSpec] = {}
+    for name, (key, value) in entries.items():
+        spec = _pool(name, key, value, issues)
+        if spec is not None:
+            pools[name] = spec
+    return pools, list(entries)
+
+
+def _pool(name: str, key: Node, node: Node, issues: Issues) -> PoolSpec | None:
+    path = f"pools.{name}"
+    if not name.strip():
+        issues.add(key, "pools: pool names must not be empty")
+    m = mapping(node, path, issues, POOL_KEYS, required=("servers",))
+    if m is None:
+        return None
+    n_before = len(issues)
+    scheduler = DEFAULT_SCHEDULER
+    if "scheduler" in m:
+        snode = m["scheduler"][1]
+        scheduler = nonempty_text(snode, f"{path}.scheduler", issues, "a scheduler name") or ""
+        if scheduler and scheduler not in SCHEDULERS:
+            issues.add(snode, f"{path}.scheduler: unknown scheduler {scheduler!r}"
+                       f"{did_you_mean(scheduler, SCHEDULERS, 'known')}")
+    options: dict[str, Any] = {}
+    if "scheduler_options" in m and not is_null(m["scheduler_options"][1]):
+        opath = f"{path}.scheduler_options"
+        cls = SCHEDULERS.get(scheduler)
+        # An unknown scheduler is already reported; its options cannot be judged.
+        allowed = sorted(cls.options) if cls is not None else None
+        entries = mapping(m["scheduler_options"][1], opath, issues) or {}
+        for oname, (okey, ovalue) in entries.items():
+            if allowed is not None and oname not in allowed:
+                hint = did_you_mean(oname, allowed) if allowed else "; it takes no options"
+                issues.add(okey, f"{opath}: unknown option {oname!r} for scheduler {scheduler!r}{hint}")
+                continue
+            options[oname] = plain_value(ovalue, f"{opath}.{oname}", issues)
+    servers: list[ServerSpec] = []
+    if "servers" in m:
+        servers = _servers(m["servers"][1], f"{path}.servers", name, issues)
+    if len(issues) != n_before:
+        return None
+    return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options))
+
+
+def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpec]:
+    if is_null(node) or (isinstance(node, SequenceNode) and not node.value):
+        issues.add(node, f"{path}: pool {pool!r} has no servers; expected at least one host:port")
+        return []
+    if not expect(node, SequenceNode, path, issues):
+        return []
+    out: list[ServerSpec] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(node.value):
+        ipath = f"{path}[{i}]"
+        weight, name, name_node = 1, None, item
+        if isinstance(item, ScalarNode):  # short form: "host:port"
+            addr_node, apath = item, ipath
+        else:
+            m = mapping(item, ipath, issues, SERVER_KEYS, required=("address",))
+            if m is None or "address" not in m:
+                continue
+            addr_node, apath = m["address"][1], f"{ipath}.address"
+            if "weight" in m:
+                weight = integer(m["weight"][1], f"{ipath}.weight", issues, minimum=0)
+            if "name" in m:
+                name_node = m["name"][1]
+                name = nonempty_text(name_node, f"{ipath}.name", issues, "a server name")
+                if name is None:
+                    continue
+        addr = address(addr_node, apath, issues)
+        if addr is None or weight is None:
+            continue
+        name = name if name is not None else addr_node.value.strip()
+        if name in names:
+            issues.add(name_node, f"{ipath}: duplicate server name {name!r} in pool {pool!r} "
+                       f"(first at line {names[name]})")
+            continue
+        names[name] = name_node.start_mark.line + 1
+        out.append(ServerSpec(name, addr[0], addr[1], weight))
+    return out
+
+
+def _rules(node: Node, issues: Issues, pool_names: list[str]) -> tuple[R.Rule, ...]:
+    # Rules with errors are left out; any error stops the Config being built anyway.
+    if not expect(node, SequenceNode, "rules", issues):
+        return ()
+    out: list[R.Rule] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(node.value):
+        path = f"rules[{i}]"
+        m = mapping(item, path, issues, RULE_KEYS, required=("pool",))
+        if m is None:
+            continue
+        name = None
+        if "name" in m:
+            name_node = m["name"][1]
+            name = nonempty_text(name_node, f"{path}.name", issues, "a rule name")
+            if name is not None and name in names:
+                issues.add(name_node, f"{path}.name: duplicate rule name {name!r} "
+                           f"(first at line {names[name]})")
+            elif name is not None:
+                names[name] = name_node.start_mark.line + 1
+        pool = None
+        if "pool" in m:
+            pool = nonempty_text(m["pool"][1], f"{path}.pool", issues, "a pool name")
+            if pool and pool_names and pool not in pool_names:
+                issues.add(m["pool"][1], f"{path}.pool: unknown pool {pool!r}"
+                           f"{did_you_mean(pool, pool_names, 'defined pools')}")
+        cond = _match(m["match"][1], f"{path}.match", issues, 0) if "match" in m else R.Always()
+        if pool and cond is not None:
+            out.append(R.Rule(name, i, pool, item.start_mark.line + 1, cond))
+    return tuple(out)
+
+
+# ---- match compilation ----------------------------------------------------------------------------
+
+def _match(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+    if depth > MAX_MATCH_DEPTH:
+        issues.add(node, f"{path}: match nested deeper than {MAX_MATCH_DEPTH} levels "
+                   "(a recursive YAML alias?)")
+        return None
+    if is_null(node):
+        return R.Always()
+    m = mapping(node, path, issues, MATCH_KEYS)
+    if m is None:
+        return None
+    n_before = len(issues)
+    conds: list[R.Condition] = []
+    for key, (_, value) in m.items():
+        cond = _MATCHERS[key](value, f"{path}.{key}", issues, depth)
+        if cond is not None:
+            conds.append(cond)
+    if len(issues) != n_before:
+        return None
+    if not conds:
+        return R.Always()
+    return conds[0] if len(conds) == 1 else R.AllOf(conds, implicit=True)
+
+
+def _path_prefix(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+    value = nonempty_text(node, path, issues, "a path prefix")
+    if value is None:
+        return None
+    if not value.startswith("/"):
+        issues.add(node, f"{path}: expected a path starting with '/', found {value!r}")
+        return None
+    return R.PathPrefix(value)
+
+
+def _path_regex(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+    pattern = regex(node, path, issues)
+    return None if pattern is None else R.PathRegex(pattern)
+
+
+def _extension(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+    items = text_list(node, path, issues, "an extension")
+    if items is None:
+        return None
+    exts = []
+    for value, item in items:
+        ext = value.strip().lstrip(".")
+        if not ext or "/" in ext:
+            issues.add(item, f"{path}: expected a file extension such as 'png', found {value!r}")
+            return None
+        exts.append(ext)
+    return R.Extension(exts)
+
+
+_HOST_RE = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
+
+
+def _host(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+    items = text_list(node, path, issues, "a host name")
+    if items is None:
+        return None
+    hosts = []
+    for value, item in items:
+        host = value.strip().lower()
+        if not _HOST_RE.fullmatch(host):
+            hint = " (no port: rules see the host without it)" if re.search(r":\d+$", host) else ""
+            issues.add(item, f"{path}: expected a host name such as 'www.example.com' or "
+                       f"'*.example.com', found {value!r}{hint}")
+            return None
+        hosts.append(host)
+    return R.Host(hosts)
+
+
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token
+
+
+def _method(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+    items = text_list(node, path, issues, "a method")
+    if items is None:
+        return None
+    methods = []
+    for value, item in items:
+        if not _TOKEN_RE.fullmatch(value):
+            issues.add(item, f"{path}: expected an HTTP method such as 'GET', found {value!r}")
+            return None
+        if value != value.upper():
+            issues.add(item, f"{path}: methods are case-sensitive; did you mean {value.upper()!r}?")
+            return None
+        methods.append(value)
+    return R.Method(methods)
+
+
+def _fields(cls: type[R.Condition], what: str) -> Callable[[Node, str, Issues, int], R.Condition | None]:
+    def build(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+        entries = mapping(node, path, issues)
+        if entries is None:
+            return None
+        if not entries:
+            issues.add(node, f"{path}: expected a mapping of {what} name to regex, found an empty one")
+            return None
+        conds = []
+        for name, (key, value) in entries.items():
+            if not name or (what == "header" and not _TOKEN_RE.fullmatch(name)):
+                issues.add(key, f"{path}: bad {what} name {name!r}")
+                continue
+            pattern = regex(value, f"{path}.{name}", issues)
+            if pattern is not None:
+                conds.append(cls(name, pattern))  # type: ignore[call-arg]
+        if len(conds) != len(entries):
+            return None
+        return conds[0] if len(conds) == 1 else R.AllOf(conds, implicit=True)
+    return build
+
+
+def _list_of_matches(combine: Callable[[list[R.Condition]], R.Condition]) -> Callable[..., Any]:
+    def build(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+        if not expect(node, SequenceNode, path, issues):
+            return None
+        if not node.value:
+            issues.add(node, f"{path}: expected a list of at least one match, found an empty list")
+            return None
+        conds = [_match(item, f"{path}[{i}]", issues, depth + 1) for i, item in enumerate(node.value)]
+        if any(c is None for c in conds):
+            return None
+        return combine(conds)  # type: ignore[arg-type]
+    return build
+
+
+def _not(node: Node, path: str, issues: Issues, depth: int) -> R.Condition | None:
+    inner = _match(node, path, issues, depth + 1)
+    return None if inner is None else R.Not(inner)
+
+
+_MATCHERS: dict[str, Callable[[Node, str, Issues, int], R.Condition | None]] = {
+    "path_prefix": _path_prefix, "path_regex": _path_regex, "extension": _extension,
+    "host": _host, "method": _method, "header": _fields(R.Header, "header"),
+    "cookie": _fields(R.Cookie, "cookie"), "query": _fields(R.Query, "query"),
+    "any": _list_of_matches(R.AnyOf), "all": _list_of_matches(R.AllOf), "not": _not,
+}
+
+
+# ---- small sections ---------------------------------------------------------------------------------
+
+def _timeouts(node: Node, issues: Issues) -> Timeouts:
+    return record(node, issues, "timeouts", Timeouts, dict.fromkeys(Timeouts.__slots__, duration))
+
+
+def _limits(node: Node, issues: Issues) -> Limits:
+    def body(n: Node, path: str, iss: Issues) -> Any:
+        if is_null(n) or (isinstance(n, ScalarNode) and n.value.lower() in ("none", "unlimited")):
+            return _UNLIMITED
+        return size(n, path, iss)
+
+    limits = record(node, issues, "limits", Limits, {
+        "max_header_bytes": size, "max_body_bytes": body,
+        "max_headers": lambda n, p, i: integer(n, p, i, minimum=1),
+    })
+    if limits.max_body_bytes is _UNLIMITED:
+        limits = Limits(limits.max_header_bytes, limits.max_headers, None)
+    return limits
+
+
+_UNLIMITED: Any = object()  # "none" read fine; distinct from None, which means "failed"
+
+
+def _upstream(node: Node, issues: Issues) -> UpstreamSpec:
+    return record(node, issues, "upstream", UpstreamSpec, {
+        "max_idle": integer, "idle_timeout": lambda n, p, i: duration(n, p, i, allow_zero=True),
+    })
+
+
+def _splice(node: Node, issues: Issues) -> SpliceSpec:
+    return record(node, issues, "splice", SpliceSpec, {
+        "enabled": boolean, "threshold": lambda n, p, i: size(n, p, i, minimum=0),
+    })

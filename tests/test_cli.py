@@ -1,0 +1,117 @@
+"""The command line, run as a user would: ``python -m l7switch ...`` in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+THREE = "tests/data/three_errors.yaml"
+
+
+def l7(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "l7switch", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name,summary", [
+    ("rules/example.yaml", "OK (4 pools, 6 rules, 2 listeners)"),
+    ("rules/minimal.yaml", "OK (1 pool, 0 rules, 1 listener)"),
+])
+def test_check_shipped_files_ok(name: str, summary: str) -> None:
+    r = l7("check", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout == f"{name}: {summary}\n"
+
+
+def test_check_reports_all_three_errors() -> None:
+    r = l7("check", THREE)
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        f"{THREE}:11:13: rules[0].match: unknown key 'path_prefx'; did you mean 'path_prefix'?",
+        f"{THREE}:15:11: rules[1].pool: unknown pool 'apii'; defined pools: html, images",
+        f"{THREE}:17:25: rules[2].match.path_regex: bad regular expression '^/docs/(v[0-9]+': "
+        "missing ), unterminated subpattern at position 7",
+    ]
+    assert "Traceback" not in r.stderr
+
+
+def test_check_several_files_and_missing_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    r = l7("check", "rules/minimal.yaml", missing)
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        "rules/minimal.yaml: OK (1 pool, 0 rules, 1 listener)",
+        f"{missing}:1:1: cannot read file: No such file or directory",
+    ]
+
+
+def test_check_yaml_syntax_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen:\n  - address: 127.0.0.1:80\npools: {web: {servers: [a:1]}\ndefault_pool: web\n")
+    r = l7("check", str(bad))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stdout.startswith(f"{bad}:4:")
+    assert "invalid YAML" in r.stdout
+
+
+def test_explain_match() -> None:
+    r = l7("explain", "rules/example.yaml", "http://www.example.com/images/logo.png")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "rule #1 'api' (line 30): no match" in out
+    assert "host 'api.example.com' does not match 'www.example.com'" in out
+    assert "rule #2 'beta-testers' (line 36): no match" in out
+    assert "header 'X-Beta' ~ 'yes': header is absent" in out
+    assert "rule #3 'images' (line 44): MATCH" in out
+    assert "path_prefix '/images/' matches '/images/logo.png'" in out
+    assert "decision: rule #3 'images' (line 44) -> pool 'images'" in out
+    assert "pool 'images': scheduler rr, 2 server(s)" in out
+    assert "127.0.0.1:9003 weight 1" in out
+
+
+def test_explain_method_and_headers() -> None:
+    r = l7("explain", "rules/example.yaml", "/anything", "-X", "POST", "-H", "Host: api.example.com",
+           "-H", "x-beta: yes")
+    assert r.returncode == 0, r.stderr
+    assert "decision: rule #1 'api' (line 30) -> pool 'api'" in r.stdout
+    assert "127.0.0.1:9005 (api1) weight 1" in r.stdout
+    r = l7("explain", "rules/example.yaml", "/anything", "-H", "X-Beta: yes")
+    assert "decision: rule #2 'beta-testers' (line 36) -> pool 'beta'" in r.stdout
+
+
+def test_explain_default_pool() -> None:
+    r = l7("explain", "rules/minimal.yaml", "/x")
+    assert r.returncode == 0
+    assert "decision: no rules -> default pool 'web'" in r.stdout
+
+
+def test_explain_bad_config_and_bad_header() -> None:
+    r = l7("explain", THREE, "/")
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 3
+    r = l7("explain", "rules/minimal.yaml", "/", "-H", "no colon")
+    assert r.returncode == 2 and "Name: value" in r.stderr
+
+
+def test_run_with_bad_config_exits_1() -> None:
+    r = l7("run", "-c", THREE)
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 3
+
+
+def test_version_and_usage() -> None:
+    r = l7("--version")
+    assert r.returncode == 0 and r.stdout.strip() == "l7switch 0.1.0"
+    r = l7()
+    assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_package_surface() -> None:
+    code = ("import l7switch as m; from l7switch.errors import ConfigError; "
+            "assert m.ConfigError is ConfigError and callable(m.load_config) and callable(m.parse_config); "
+            "print(m.__version__)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0.1.0"

@@ -1,0 +1,361 @@
+"""Rule-file loading: the objects produced, and every class of error with its exact position."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from pathlib import Path
+
+import pytest
+
+from l7switch.config import (Config, ConfigError, Limits, ListenerSpec, PoolSpec, ServerSpec, SpliceSpec,
+                             Timeouts, UpstreamSpec, load_config, parse_config)
+from l7switch.errors import ConfigIssue
+from l7switch.schedulers import SCHEDULERS, Scheduler
+from l7switch.yamlnodes import parse_address, parse_duration, parse_size
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+listen:
+  - address: 127.0.0.1:8080
+  - address: "[::1]:0"
+pools:
+  html:
+    scheduler: wlc
+    scheduler_options: {}
+    servers:
+      - 127.0.0.1:9001
+      - {address: 127.0.0.1:9002, weight: 3, name: html2}
+      - {address: "[::1]:9003", weight: 0}
+  images: {servers: [localhost:9004]}
+rules:
+  - name: images
+    match: {path_prefix: /images/}
+    pool: images
+  - pool: html
+default_pool: html
+timeouts: {connect: 250ms, server: 2m, client: 1h, header: 1.5}
+limits: {max_header_bytes: 64KiB, max_headers: 50, max_body_bytes: 1k}
+upstream: {max_idle: 0, idle_timeout: 30s}
+splice: {enabled: off, threshold: 1MiB}
+"""
+
+MINIMAL = """\
+listen: [{address: 127.0.0.1:8080}]
+pools: {web: {servers: [127.0.0.1:9001]}}
+default_pool: web
+"""
+
+
+def issues(text: str, filename: str = "f.yaml") -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, filename)
+    return [str(i) for i in exc.value.issues]
+
+
+def one_issue(text: str) -> str:
+    found = issues(text)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# ---- good files --------------------------------------------------------------------------------
+
+def test_good_file() -> None:
+    c = parse_config(GOOD, "good.yaml")
+    assert isinstance(c, Config) and c.path == "good.yaml"
+    assert c.listeners == (ListenerSpec("127.0.0.1", 8080), ListenerSpec("::1", 0))
+    assert list(c.pools) == ["html", "images"]
+    assert c.pools["html"] == PoolSpec("html", "wlc", (
+        ServerSpec("127.0.0.1:9001", "127.0.0.1", 9001, 1),
+        ServerSpec("html2", "127.0.0.1", 9002, 3),
+        ServerSpec("[::1]:9003", "::1", 9003, 0),
+    ), types.MappingProxyType({}))
+    assert c.pools["images"].scheduler == "rr"
+    assert c.default_pool == "html" and c.router.default_pool == "html"
+    assert [(r.name, r.index, r.pool, r.line) for r in c.router.rules] == [
+        ("images", 0, "images", 14), (None, 1, "html", 17)]
+    assert c.timeouts == Timeouts(connect=0.25, server=120.0, client=3600.0, header=1.5)
+    assert c.limits == Limits(max_header_bytes=65536, max_headers=50, max_body_bytes=1024)
+    assert c.upstream == UpstreamSpec(max_idle=0, idle_timeout=30.0)
+    assert c.splice == SpliceSpec(enabled=False, threshold=1048576)
+
+
+def test_defaults_and_immutability() -> None:
+    c = parse_config(MINIMAL)
+    assert c.timeouts == Timeouts(5.0, 60.0, 60.0, 10.0)
+    assert c.limits == Limits(32768, 100, None)
+    assert c.upstream == UpstreamSpec(64, 60.0) and c.splice == SpliceSpec(True, 65536)
+    assert c.router.rules == () and c.path == "<string>"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.default_pool = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        c.pools["x"] = c.pools["web"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        c.pools["web"].scheduler_options["x"] = 1  # type: ignore[index]
+
+
+def test_yaml_11_words_stay_text() -> None:
+    rules = "rules: [{name: yes, match: {header: {X-B: no}}, pool: on}]\n"
+    c = parse_config(MINIMAL.replace("web", "on") + rules)
+    assert list(c.pools) == ["on"] and c.default_pool == "on"
+    assert c.router.rules[0].name == "yes"
+    assert c.router.rules[0].condition.pattern.pattern == "no"
+
+
+@pytest.mark.parametrize("value,enabled", [("true", True), ("yes", True), ("On", True),
+                                           ("false", False), ("no", False), ("off", False)])
+def test_booleans(value: str, enabled: bool) -> None:
+    assert parse_config(MINIMAL + f"splice: {{enabled: {value}}}\n").splice.enabled is enabled
+
+
+def test_unlimited_body_and_empty_sections() -> None:
+    c = parse_config(MINIMAL + "limits: {max_body_bytes: none}\ntimeouts:\nrules:\n")
+    assert c.limits.max_body_bytes is None and c.timeouts == Timeouts() and c.router.rules == ()
+
+
+def test_merge_keys() -> None:
+    c = parse_config("""\
+listen: [{address: 127.0.0.1:0}]
+pools:
+  b: &common {scheduler: wlc, servers: [127.0.0.1:2]}
+  a: {<<: *common, servers: [127.0.0.1:1]}
+default_pool: a
+""")
+    assert c.pools["a"].scheduler == "wlc" and c.pools["a"].servers[0].port == 1
+
+
+def test_scheduler_options_validated_against_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Opt(Scheduler):
+        name = "opt"
+        options = frozenset({"hash_key", "table_size"})
+
+    monkeypatch.setitem(SCHEDULERS, "opt", Opt)
+    base = "listen: [{address: 127.0.0.1:0}]\ndefault_pool: p\npools:\n  p:\n    scheduler: opt\n"
+    c = parse_config(base + "    scheduler_options: {hash_key: on, table_size: 251}\n    servers: [h:1]\n")
+    assert dict(c.pools["p"].scheduler_options) == {"hash_key": True, "table_size": 251}
+    assert one_issue(base + "    scheduler_options: {hash_ky: path}\n    servers: [h:1]\n") == (
+        "f.yaml:6:25: pools.p.scheduler_options: unknown option 'hash_ky' for scheduler 'opt'; "
+        "did you mean 'hash_key'?")
+    assert one_issue(base.replace("opt", "rr") + "    scheduler_options: {x: 1}\n    servers: [h:1]\n") == (
+        "f.yaml:6:25: pools.p.scheduler_options: unknown option 'x' for scheduler 'rr'; it takes no options")
+    assert one_issue(base + "    scheduler_options: [1]\n    servers: [h:1]\n") == (
+        "f.yaml:6:24: pools.p.scheduler_options: expected a mapping, found a list")
+
+
+@pytest.mark.parametrize("text,seconds", [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1h", 3600),
+                                          ("1m30s", 90), ("7", 7), ("0.5", 0.5), (" 10 ", 10)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "s", "-1s", "5 s s", "1d"])
+def test_parse_duration_bad(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text,n", [("65536", 65536), ("64KiB", 65536), ("1MiB", 1 << 20), ("1k", 1024),
+                                    ("10m", 10 << 20), ("2G", 2 << 30), ("512B", 512), ("1_000", 1000)])
+def test_parse_size(text: str, n: int) -> None:
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "1.5k", "-1", "k", "1 parsec"])
+def test_parse_size_bad(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text,expected", [("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:0", ("::1", 0)),
+                                           ("example.com:65535", ("example.com", 65535))])
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", ":80", "h:65536", "h:-1", "h:http", "::1:80", "[::1]80",
+                                  "[nope]:80", "a b:80"])
+def test_parse_address_bad(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)
+
+
+# ---- errors, one class at a time, with exact positions ---------------------------------------------
+
+ERROR_CASES = [
+    # YAML syntax
+    ("listen: [\n", "f.yaml:2:1: invalid YAML: expected the node content, but found '<stream end>' "
+                    "(while parsing a flow node)"),
+    ("a:\n\tb: 1\n", "f.yaml:2:1: invalid YAML: found character '\\t' that cannot start any token "
+                     "(while scanning for the next token)"),
+    # top level
+    ("", "f.yaml:1:1: the file is empty; expected a mapping with listen, pools and default_pool"),
+    ("- a\n", "f.yaml:1:1: top level: expected a mapping with listen, pools and default_pool, found a list"),
+    # unknown keys, with and without a near miss
+    (MINIMAL + "timeout: {connect: 1s}\n",
+     "f.yaml:4:1: unknown top-level key 'timeout'; did you mean 'timeouts'?"),
+    (MINIMAL + "timeouts: {conect: 1s}\n",
+     "f.yaml:4:12: timeouts: unknown key 'conect'; did you mean 'connect'?"),
+    (MINIMAL + "zzz: 1\n", "f.yaml:4:1: unknown top-level key 'zzz'; expected one of: default_pool, limits, "
+                           "listen, pools, rules, splice, timeouts, upstream"),
+    (MINIMAL.replace("{servers:", "{severs: [], servers:"),
+     "f.yaml:2:15: pools.web: unknown key 'severs'; did you mean 'servers'?"),
+    # duplicate keys
+    (MINIMAL + "default_pool: web\n",
+     "f.yaml:4:1: duplicate top-level key 'default_pool' (first defined at line 3)"),
+    (MINIMAL.replace("pools: {web: {servers: [127.0.0.1:9001]}}",
+                     "pools:\n  web: {servers: [a:1]}\n  web: {servers: [b:1]}"),
+     "f.yaml:4:3: pools: duplicate key 'web' (first defined at line 3)"),
+    # unknown pools
+    (MINIMAL.replace("default_pool: web", "default_pool: wbe"),
+     "f.yaml:3:15: default_pool: unknown pool 'wbe'; did you mean 'web'?"),
+    (MINIMAL + "rules:\n  - pool: nothing_like_it\n",
+     "f.yaml:5:11: rules[0].pool: unknown pool 'nothing_like_it'; defined pools: web"),
+    # missing required things
+    ("listen: [{address: 127.0.0.1:8080}]\npools: {web: {servers: [127.0.0.1:9001]}}\n",
+     "f.yaml:1:1: missing required key 'default_pool'"),
+    (MINIMAL.replace("listen: [{address: 127.0.0.1:8080}]", "listen: []"),
+     "f.yaml:1:9: listen: expected at least one listener, e.g. '- address: 127.0.0.1:8080'"),
+    (MINIMAL.replace("listen: [{address: 127.0.0.1:8080}]", "listen:"),
+     "f.yaml:1:8: listen: expected at least one listener, e.g. '- address: 127.0.0.1:8080'"),
+    (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{address: 127.0.0.1:8080, port: 80}]"),
+     "f.yaml:1:36: listen[0]: unknown key 'port'; expected one of: address"),
+    (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{}]"),
+     "f.yaml:1:10: listen[0]: missing required key 'address'"),
+    (MINIMAL.replace("{servers: [127.0.0.1:9001]}", "{servers: []}"),
+     "f.yaml:2:24: pools.web.servers: pool 'web' has no servers; expected at least one host:port"),
+    (MINIMAL.replace("{servers: [127.0.0.1:9001]}", "{scheduler: rr}"),
+     "f.yaml:2:14: pools.web: missing required key 'servers'"),
+    (MINIMAL.replace("pools: {web: {servers: [127.0.0.1:9001]}}", "pools: {}"),
+     "f.yaml:2:8: pools: expected at least one pool"),
+    (MINIMAL + "rules:\n  - name: x\n",
+     "f.yaml:5:5: rules[0]: missing required key 'pool'"),
+    # addresses
+    (MINIMAL.replace("127.0.0.1:8080", "127.0.0.1"),
+     "f.yaml:1:20: listen[0].address: expected host:port, found '127.0.0.1'"),
+    (MINIMAL.replace("127.0.0.1:9001", "127.0.0.1:70000"),
+     "f.yaml:2:25: pools.web.servers[0]: port must be a number 0-65535, found '70000' in '127.0.0.1:70000'"),
+    (MINIMAL.replace("127.0.0.1:9001", "'::1:80'"),
+     "f.yaml:2:25: pools.web.servers[0]: IPv6 addresses need brackets, e.g. '[::1]:80', found '::1:80'"),
+    (MINIMAL.replace("127.0.0.1:9001", "{address: x:1, name: a}, {address: y:1, name: a}"),
+     "f.yaml:2:71: pools.web.servers[1]: duplicate server name 'a' in pool 'web' (first at line 2)"),
+    # weights
+    (MINIMAL.replace("127.0.0.1:9001", "{address: h:1, weight: -1}"),
+     "f.yaml:2:48: pools.web.servers[0].weight: expected an integer >= 0, found '-1'"),
+    (MINIMAL.replace("127.0.0.1:9001", "{address: h:1, weight: heavy}"),
+     "f.yaml:2:48: pools.web.servers[0].weight: expected an integer >= 0, found 'heavy'"),
+    # schedulers
+    (MINIMAL.replace("{servers:", "{scheduler: rrr, servers:"),
+     "f.yaml:2:26: pools.web.scheduler: unknown scheduler 'rrr'; did you mean 'rr'?"),
+    (MINIMAL.replace("{servers:", "{scheduler: zzzzzz, servers:"),
+     "f.yaml:2:26: pools.web.scheduler: unknown scheduler 'zzzzzz'; known: rr, wlc"),
+    # regexes
+    (MINIMAL + "rules: [{match: {path_regex: '(a'}, pool: web}]\n",
+     "f.yaml:4:30: rules[0].match.path_regex: bad regular expression '(a': "
+     "missing ), unterminated subpattern at position 0"),
+    (MINIMAL + "rules: [{match: {header: {X-A: '[z-a]'}}, pool: web}]\n",
+     "f.yaml:4:32: rules[0].match.header.X-A: bad regular expression '[z-a]': "
+     "bad character range z-a at position 1"),
+    # match values
+    (MINIMAL + "rules: [{match: {path_prefix: images}, pool: web}]\n",
+     "f.yaml:4:31: rules[0].match.path_prefix: expected a path starting with '/', found 'images'"),
+    (MINIMAL + "rules: [{match: {method: get}, pool: web}]\n",
+     "f.yaml:4:26: rules[0].match.method: methods are case-sensitive; did you mean 'GET'?"),
+    (MINIMAL + "rules: [{match: {host: 'a.test:80'}, pool: web}]\n",
+     "f.yaml:4:24: rules[0].match.host: expected a host name such as 'www.example.com' or '*.example.com', "
+     "found 'a.test:80' (no port: rules see the host without it)"),
+    (MINIMAL + "rules: [{match: {any: []}, pool: web}]\n",
+     "f.yaml:4:23: rules[0].match.any: expected a list of at least one match, found an empty list"),
+    (MINIMAL + "rules: [{match: {all: [{pat_prefix: /}]}, pool: web}]\n",
+     "f.yaml:4:25: rules[0].match.all[0]: unknown key 'pat_prefix'; did you mean 'path_prefix'?"),
+    (MINIMAL + "rules: [{match: {not: {extension: []}}, pool: web}]\n",
+     "f.yaml:4:35: rules[0].match.not.extension: expected an extension or a list of them, "
+     "found an empty list"),
+    (MINIMAL + "rules: [{match: [path_prefix: /], pool: web}]\n",
+     "f.yaml:4:17: rules[0].match: expected a mapping, found a list"),
+    (MINIMAL + "rules: [{name: a, pool: web}, {name: a, pool: web}]\n",
+     "f.yaml:4:38: rules[1].name: duplicate rule name 'a' (first at line 4)"),
+    # durations, sizes, booleans, integers
+    (MINIMAL + "timeouts: {server: 5 minutes}\n",
+     "f.yaml:4:20: timeouts.server: expected a duration such as '5s', '250ms', '2m', '1h' or seconds, "
+     "found '5 minutes'"),
+    (MINIMAL + "timeouts: {connect: 0s}\n",
+     "f.yaml:4:21: timeouts.connect: expected a duration greater than 0, found '0s'"),
+    (MINIMAL + "limits: {max_header_bytes: 32 KB please}\n",
+     "f.yaml:4:28: limits.max_header_bytes: expected a size such as 65536, '64KiB', '1MiB' or '1k', "
+     "found '32 KB please'"),
+    (MINIMAL + "limits: {max_headers: 0}\n",
+     "f.yaml:4:23: limits.max_headers: expected an integer >= 1, found '0'"),
+    (MINIMAL + "splice: {enabled: maybe}\n",
+     "f.yaml:4:19: splice.enabled: expected true or false (or yes/no, on/off), found 'maybe'"),
+    (MINIMAL + "upstream: {max_idle: [1]}\n",
+     "f.yaml:4:22: upstream.max_idle: expected an integer, found a list"),
+    # wrong types
+    (MINIMAL + "limits: [max_headers]\n", "f.yaml:4:9: limits: expected a mapping, found a list"),
+    (MINIMAL.replace("{web: {servers: [127.0.0.1:9001]}}", "[web]"),
+     "f.yaml:2:8: pools: expected a mapping, found a list"),
+    (MINIMAL + "rules: {pool: web}\n", "f.yaml:4:8: rules: expected a list, found a mapping"),
+    (MINIMAL.replace("default_pool: web", "default_pool: [web]"),
+     "f.yaml:3:15: default_pool: expected a pool name, found a list"),
+    (MINIMAL + "rules: [{name: [x], pool: web}]\n",
+     "f.yaml:4:16: rules[0].name: expected a rule name, found a list"),
+]
+
+
+@pytest.mark.parametrize("text,expected", ERROR_CASES, ids=[str(i) for i in range(len(ERROR_CASES))])
+def test_error(text: str, expected: str) -> None:
+    assert one_issue(text) == expected
+
+
+def test_all_issues_in_one_pass_sorted() -> None:
+    text = """\
+listen: []
+pools:
+  web: {scheduler: rrr, servers: [127.0.0.1:99999]}
+rules:
+  - match: {path_prefx: /a, path_regex: "("}
+    pool: wbe
+default_pool: htm
+timeouts: {server: 5x}
+"""
+    found = issues(text)
+    assert [i.split(":")[1] for i in found] == ["1", "3", "3", "5", "5", "6", "7", "8"]
+    assert found[1] == "f.yaml:3:20: pools.web.scheduler: unknown scheduler 'rrr'; did you mean 'rr'?"
+
+
+def test_recursive_alias_does_not_crash() -> None:
+    text = MINIMAL + "rules:\n  - match: &m {not: *m}\n    pool: web\n"
+    found = issues(text)
+    assert len(found) == 1 and "nested deeper than" in found[0]
+
+
+# ---- files -----------------------------------------------------------------------------------------
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert exc.value.issues == [ConfigIssue(str(path), 1, 1, "cannot read file: No such file or directory")]
+
+
+def test_load_config_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"listen: []\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [(i.line, i.column) for i in exc.value.issues] == [(2, 6)]
+
+
+def test_three_errors_file() -> None:
+    path = ROOT / "tests" / "data" / "three_errors.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [(i.line, i.column) for i in exc.value.issues] == [(11, 13), (15, 11), (17, 25)]
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "minimal.yaml"])
+def test_shipped_rule_files_load(name: str) -> None:
+    c = load_config(ROOT / "rules" / name)
+    assert c.pools and c.listeners and c.default_pool in c.pools
+    assert all(r.pool in c.pools for r in c.router.rules)
