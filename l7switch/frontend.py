@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .errors import BadRequest, HeadersTooLarge, L7Error, RequestTimeout
+from .errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
 from .flow import CLOSING, PEER_FULL, SPLICING, WAITING, FlowControl, run_drain_waiters
 from .message import check_request, error_response
 from .relay import Exchange
@@ -91,10 +91,12 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            ex = self.receiving
+            # llhttp runs on_message_complete (which clears self.receiving) before it pauses on
+            # an upgrade: the upgrade request is the last one parsed.
+            ex = self.receiving or (self.queue[-1] if self.queue else self.exchange)
             if ex is not None and ex.head.upgrade is not None:
                 ex.tunnel_data += data[exc.args[0]:] if exc.args else b""
-                ex.upgrading = True
+                # (ex.upgrading is the response side's "got a 101"; it must not be set here.)
                 ex.req_done = True
                 self.receiving = None
                 self.flow.pause_reading(SPLICING)
@@ -106,7 +108,10 @@ class ClientConnection(asyncio.Protocol):
             self.error(err)
             return
         except httptools.HttpParserError as exc:
-            self.error(BadRequest(_parser_message(exc)))
+            # An L7Error raised inside a parser callback (431, 413, a check_request 400) reaches
+            # us wrapped in HttpParserCallbackError, the original as __context__.
+            ctx = exc.__context__
+            self.error(ctx if isinstance(ctx, L7Error) else BadRequest(_parser_message(exc)))
             return
         finally:
             self.feeding = False
@@ -191,14 +196,17 @@ class ClientConnection(asyncio.Protocol):
                              parser.should_keep_alive(), parser.should_upgrade())
         if self.closing_after:
             head.keep_alive = False
+        limit = self.switch.config.limits.max_body_bytes
+        if limit is not None and head.content_length is not None and head.content_length > limit:
+            # Refuse at the head: a body at/above splice.threshold never passes request_body's check.
+            raise PayloadTooLarge(f"request body over {limit} bytes")
         host = head.host
         if host.startswith(b"["):
             host = host[:host.find(b"]") + 1]
         else:
             host = host.split(b":", 1)[0]
-        view = RequestView(head.method.decode("latin-1"), head.path, head.query,
-                           host.decode("latin-1").lower(),
-                           [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head.headers])
+        view = WireView(head.method.decode("latin-1"), head.path, head.query,
+                        host.decode("latin-1").lower(), head.headers)
         rule, pool_name = self.switch.config.router.route(view)
         pool = self.switch.pools[pool_name]
         ex = Exchange(self, head, pool, rule.label if rule is not None else "default")
@@ -245,6 +253,12 @@ class ClientConnection(asyncio.Protocol):
         self.exchange = None
         if ex is self.receiving:
             self.receiving = None
+        if (self.pending_error is not None and not self.queue and ex.head.keep_alive
+                and not (ex.resp_eof_framed and not ex.resp_chunked)):
+            # A later pipelined request was bad: answer it (after this self-delimited
+            # response) before closing, instead of dropping it silently.
+            self._send_error(self.pending_error)
+            return
         if close or (self.closing_after and not self.queue):
             self.close()
             return
@@ -333,6 +347,28 @@ class ClientConnection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = ("idle", "head", "body", "busy")[self.state]
         return f"<ClientConnection {self.peer_ip} {state} requests={self.requests} queued={len(self.queue)}>"
+
+
+class WireView(RequestView):
+    """A RequestView whose headers are decoded only if a rule looks at them."""
+
+    __slots__ = ("_raw", "_decoded")
+
+    def __init__(self, method: str, path: str, query: str, host: str,
+                 raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._decoded: list[tuple[str, str]] | None = None
+        super().__init__(method, path, query, host, [])
+
+    @property  # type: ignore[override]
+    def headers(self) -> list[tuple[str, str]]:
+        if self._decoded is None:
+            self._decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw]
+        return self._decoded
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        pass  # the raw list is the source of truth
 
 
 def _parser_message(exc: Exception) -> str:

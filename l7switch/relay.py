@@ -312,7 +312,9 @@ class Exchange:
             self.interim = False
             return
         if self.upgrading:
-            self.response_upgraded(b"")
+            # llhttp always pauses right after a 101 (HttpParserUpgrade, or a parser error when
+            # the 101 lacks Upgrade): UpstreamConnection.data_received starts the tunnel with the
+            # bytes behind the head. Starting it here too made that second call abort both sides.
             return
         if self.resp_done or not self.resp_started:
             return
