@@ -36,7 +36,21 @@ _HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0
 _CL = re.compile(rb"^[0-9]+$")
 
 
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+# Precomputed status lines, as uvicorn's STATUS_LINE: no formatting on the hot path.
+STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, _phrase(code)) for code in range(100, 600)}
+
+
 def status_line(status: int, reason: bytes = b"") -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is not None and (not reason or line[13:-2] == reason):
+        return line
     if not reason:
         try:
             reason = HTTPStatus(status).phrase.encode()
@@ -56,6 +70,18 @@ def error_response(status: int, detail: str = "", close: bool = True) -> bytes:
         b"Via: " + VIA + b"\r\n\r\n",
         body,
     ))
+
+
+# Connection values whose options are already hop-by-hop: no per-message token parsing needed.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
+
+
+def hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """HOP_BY_HOP plus whatever a Connection field names (RFC 9110 §7.6.1)."""
+    for name, value in headers:
+        if name == b"connection" and value not in _PLAIN_CONNECTION:
+            return HOP_BY_HOP | connection_tokens(headers)
+    return HOP_BY_HOP
 
 
 def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -236,10 +262,7 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
     Connection-listed fields are removed *before* ours are added, so `Connection:
     X-Forwarded-For` cannot delete what the switch adds (hop-by-hop header abuse).
     """
-    drop = HOP_BY_HOP
-    tokens = connection_tokens(head.headers) if any(n == b"connection" for n, _ in head.headers) else ()
-    if tokens:
-        drop = HOP_BY_HOP | tokens
+    drop = hop_by_hop(head.headers)
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (head.method, head.target, head.host)]
     xff = None
     for name, value in head.headers:
@@ -266,14 +289,16 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
 def forward_response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                           framing: bytes, close: bool, upgrade: bytes | None = None) -> bytes:
     """The response head for the client; ``framing`` is the line(s) we add (CL or TE chunked)."""
-    drop = HOP_BY_HOP
-    if any(n == b"connection" for n, _ in headers):
-        drop = HOP_BY_HOP | connection_tokens(headers)
+    drop = hop_by_hop(headers)
     out = [status_line(status, reason)]
+    add = out.append
     for name, value in headers:
         if name not in drop:
-            out.append(b"%s: %s\r\n" % (name, value))
-    out.append(b"Via: " + VIA + b"\r\n")
+            add(name)
+            add(b": ")
+            add(value)
+            add(b"\r\n")
+    add(b"Via: 1.1 l7switch\r\n")
     if upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
     elif close:
