@@ -117,10 +117,10 @@ class Exchange:
         server = self.server
         assert server is not None
         server.failures += 1
+        if self.finished:
+            return  # the client left meanwhile; client_lost already ended the request
         self.pool.end(server)
         self.server = None
-        if self.finished:
-            return
         if refused and self.attempts < 2:
             # HAProxy's `option redispatch`: a refused connection is safe to retry elsewhere,
             # nothing was sent (RFC 9110 §9.2.2's caution is about requests already sent).
