@@ -1,0 +1,73 @@
+"""The per-server keep-alive ConnectionPool: idle expiry, the idle cap, and connect timeouts."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from conftest import simple_config
+from helpers import connect, read_response
+
+
+def idle_total(sw) -> int:
+    return sum(p["idle"] for p in sw.snapshot()["connection_pools"].values())
+
+
+def test_idle_upstream_connection_expires(proxy) -> None:
+    sw, o = proxy("upstream: {idle_timeout: 0.3s}\n")
+    s = connect(sw.port)
+    s.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_response(s)[0] == 200
+    assert idle_total(sw) == 1
+    deadline = time.monotonic() + 3
+    while idle_total(sw) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert idle_total(sw) == 0
+    # The next request simply opens a new connection.
+    s.sendall(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert read_response(s)[0] == 200
+    opened = next(iter(sw.snapshot()["connection_pools"].values()))["opened"]
+    assert opened == 2
+    s.close()
+
+
+def test_idle_cap_closes_connections_beyond_max_idle(proxy) -> None:
+    sw, o = proxy("upstream: {max_idle: 1}\n")
+    socks = [connect(sw.port) for _ in range(3)]
+    for s in socks:  # three requests in flight at once need three server connections
+        s.sendall(b"GET /delay/300 HTTP/1.1\r\nHost: t\r\n\r\n")
+    for s in socks:
+        assert read_response(s)[0] == 200
+    pool = next(iter(sw.snapshot()["connection_pools"].values()))
+    assert pool["opened"] == 3 and pool["idle"] == 1
+    for s in socks:
+        s.close()
+
+
+def test_connect_timeout_is_504(switch_factory) -> None:
+    # A listener that never accepts, with its one-slot backlog already taken: the kernel drops
+    # further SYNs, so connect() hangs — the loopback way to get a silent server.
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    time.sleep(0.1)
+    try:
+        sw = switch_factory(simple_config(port, extra="timeouts: {connect: 0.3s}\n"))
+        s = connect(sw.port)
+        t0 = time.monotonic()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, body = read_response(s, timeout=5)
+        assert status == 504 and b"timed out" in body
+        assert time.monotonic() - t0 < 3
+        s.close()
+    finally:
+        for f in fillers:
+            f.close()
+        lst.close()
