@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from .backends import Server
     from .relay import Exchange
 
+# Response header fields accepted from a server; HAProxy's tune.http.maxhdr default is 101.
+MAX_RESPONSE_HEADERS = 101
+
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("transport", "flow", "parser", "server", "cpool", "exchange", "deadline", "reused",
@@ -106,7 +109,11 @@ class UpstreamConnection(asyncio.Protocol):
     # it; HTTP/2 dropped it), which saves a callback per response.
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        headers = self.headers
+        headers.append((name.lower(), value))
+        if len(headers) > MAX_RESPONSE_HEADERS:
+            # llhttp sets no limit; a server streaming headers forever must not eat our memory.
+            raise ValueError(f"more than {MAX_RESPONSE_HEADERS} response header fields")
 
     def on_headers_complete(self) -> None:
         ex = self.exchange

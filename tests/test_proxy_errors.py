@@ -267,6 +267,15 @@ def _bad_status_line(reader, writer):
     return go()
 
 
+def _endless_headers(reader, writer):
+    async def go():
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(500)))
+        await writer.drain()
+        await asyncio.sleep(5)
+    return go()
+
+
 def _cl_and_te_response(reader, writer):
     async def go():
         await read_head(reader)
@@ -279,6 +288,7 @@ def _cl_and_te_response(reader, writer):
 
 @pytest.mark.parametrize("behaviour", [
     _partial_head_close, _rst_before_response, _garbage, _close_without_anything, _bad_status_line,
+    _endless_headers,
 ])
 def test_broken_server_before_response_502(raw_origin, switch_factory, behaviour):
     ro = raw_origin(behaviour)
