@@ -133,6 +133,10 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
         conn.exchange = self
+        if not self.client.flow.writable and conn.flow is not None:
+            # The client stopped reading during an earlier response; pause_writing will not fire
+            # again, so this server connection must start paused or its body piles up here.
+            conn.flow.pause_reading(PEER_FULL)
         conn.deadline = time.monotonic() + self.client.switch.config.timeouts.server
         head = forward_request_head(self.head, self.client.peer_ip, self.client.proto, self.head.chunked)
         pending, self.pending = self.pending, None

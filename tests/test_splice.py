@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 
 import pytest
 from conftest import read_head, simple_config
@@ -374,3 +375,24 @@ def test_client_abort_mid_large_response_cleans_up(lt, proxy, enabled):
     with Conn(sw.port) as c2:
         c2.send(get("/bytes/200000"))
         assert c2.response().body == pattern_bytes(200_000)
+
+
+def test_slow_client_backpressure_carries_over_to_the_next_pipelined_response(lt, proxy):
+    """A response that completes into a client that reads nothing leaves the client paused; the
+    server connection for the next pipelined request must start paused too, or its whole body
+    piles up in the switch's memory. Which first size triggers it depends on kernel buffers, so
+    several are tried; every one must stay bounded."""
+    sw, o = proxy("splice: {enabled: false}\n")
+
+    def buffered() -> int:
+        return max((cl.transport.get_write_buffer_size() for cl in sw.clients if cl.transport), default=0)
+
+    for first in (1_000_000, 2_000_000, 3_000_000, 4_000_000):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", sw.port))
+        s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /bytes/8000000 HTTP/1.1\r\nHost: x\r\n\r\n" % first)
+        time.sleep(0.6)  # reading nothing
+        assert lt.call(buffered) < 1_500_000, first
+        s.close()
