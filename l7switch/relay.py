@@ -16,6 +16,7 @@ connection is aborted so it detects the truncation (never padded, never hung).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .backends import Server, ServerPool
     from .frontend import ClientConnection
     from .upstream import ConnectionPool, UpstreamConnection
+
+log = logging.getLogger("l7switch")
 
 CHUNK_END = b"0\r\n\r\n"
 NO_BODY_STATUS = (204, 304)
@@ -95,7 +98,7 @@ class Exchange:
         if conn is not None:
             self._attach(conn)
         else:
-            self.client.switch.loop.create_task(self._connect(cpool))
+            self.client.switch.spawn(self._connect(cpool))
 
     async def _connect(self, cpool: ConnectionPool) -> None:
         self.attempts += 1
@@ -107,6 +110,10 @@ class Exchange:
         except OSError as exc:
             self._connect_failed(ServiceUnavailable(f"connect to {cpool.server.address} failed: "
                                                     f"{exc.strerror or exc}"), refused=True)
+            return
+        except Exception as exc:  # never leave the client without an answer
+            log.exception("connect to %s failed", cpool.server.address)
+            self._connect_failed(BadGateway(f"connect to {cpool.server.address} failed: {exc}"))
             return
         if self.finished:
             cpool.release(conn)
@@ -443,7 +450,7 @@ class Exchange:
             # A pooled keep-alive connection the server had already closed: the request never
             # reached it, so it is safe to send it again on a fresh connection.
             self.attempts += 1
-            self.client.switch.loop.create_task(self._connect(self.cpool))  # type: ignore[arg-type]
+            self.client.switch.spawn(self._connect(self.cpool))  # type: ignore[arg-type]
             return
         if self.server is not None:
             self.server.failures += 1

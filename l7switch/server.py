@@ -11,6 +11,7 @@ import logging
 import resource
 import signal
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from .backends import Server, ServerPool
@@ -84,6 +85,8 @@ class Switch:
         self.addresses: list[tuple[str, int]] = []
         self.draining = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        # Tasks exist only for new server connections; asyncio keeps tasks weakly, so we hold them.
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -99,6 +102,11 @@ class Switch:
                 srv.close()
             raise
         self.clock.start()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     @property
     def port(self) -> int:
