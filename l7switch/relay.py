@@ -38,11 +38,11 @@ NO_BODY_STATUS = (204, 304)
 
 class Exchange:
     __slots__ = (
-        "client", "head", "pool", "route", "server", "cpool", "up", "t0", "started",
+        "client", "head", "pool", "route", "server", "cpool", "up", "t0",
         "to_up", "pending", "pending_size", "req_done", "req_body", "req_splice_left", "attempts",
         "status", "resp_started", "resp_done", "resp_chunked", "resp_close", "resp_eof_framed",
-        "resp_splice_left", "to_client", "interim", "no_body", "finished", "failed", "jobs",
-        "tunnel_data", "upgrading", "body_sent_up", "upgrade_headers",
+        "resp_splice_left", "to_client", "interim", "no_body", "finished", "jobs",
+        "tunnel_data", "upgrading", "body_sent_up",
     )
 
     def __init__(self, client: ClientConnection, head: RequestHead, pool: ServerPool, route: str) -> None:
@@ -54,7 +54,6 @@ class Exchange:
         self.cpool: ConnectionPool | None = None
         self.up: UpstreamConnection | None = None
         self.t0 = time.monotonic()
-        self.started = False
         self.to_up: list[bytes] = []  # request bytes produced by one client read, written at once
         self.pending: list[bytes] | None = []  # request bytes that arrived before a connection
         self.pending_size = 0
@@ -73,17 +72,14 @@ class Exchange:
         self.interim = False
         self.no_body = False
         self.finished = False
-        self.failed = False
         self.jobs: list[SpliceJob] = []
         self.tunnel_data = b""
         self.upgrading = False
         self.body_sent_up = False
-        self.upgrade_headers: list[tuple[bytes, bytes]] = []
 
     # ---- request side ---------------------------------------------------------------------------
     def start(self) -> None:
         """Pick a server and get a connection to it (pooled, or a new one)."""
-        self.started = True
         server = self.pool.pick(None)
         if server is None:
             self.fail(ServiceUnavailable(f"no server available in pool '{self.pool.name}'"))
@@ -254,10 +250,9 @@ class Exchange:
         up = self.up
         if status == 101:
             if self.head.upgrade is None:
-                self.upstream_failed("101 to a request that asked for no upgrade", garbage=True)
+                self.upstream_failed("101 to a request that asked for no upgrade")
                 return
             self.upgrading = True
-            self.upgrade_headers = headers
             self.to_client.append(forward_response_head(101, reason, headers, b"", False,
                                                          upgrade=self.head.upgrade))
             return
@@ -267,8 +262,6 @@ class Exchange:
             self.resp_close = True
             if up is not None:
                 up.keep_alive = False
-        if up is not None and not up.keep_alive:
-            pass
         cl = None
         chunked = False
         for name, value in headers:
@@ -390,7 +383,7 @@ class Exchange:
         """The server answered 101: both sockets become one spliced tunnel."""
         up, client = self.up, self.client
         if not self.upgrading or up is None or up.transport is None or client.transport is None:
-            self.upstream_failed("unexpected protocol switch", garbage=True)
+            self.upstream_failed("unexpected protocol switch")
             return
         self.upgrading = False
         self.resp_started = self.resp_done = True
@@ -456,7 +449,7 @@ class Exchange:
             self.server.failures += 1
         self.fail(BadGateway("server closed the connection before responding"))
 
-    def upstream_failed(self, detail: str, garbage: bool = False) -> None:
+    def upstream_failed(self, detail: str) -> None:
         up, self.up = self.up, None
         if up is not None:
             up.close()
@@ -478,14 +471,10 @@ class Exchange:
         else:
             self.fail(GatewayTimeout(f"no response within {self.client.switch.config.timeouts.server:g}s"))
 
-    def upstream_drained(self) -> None:
-        pass
-
     def fail(self, err: L7Error) -> None:
         """Answer the client with the switch's own error response for this exchange."""
         if self.finished:
             return
-        self.failed = True
         self.to_client.clear()
         close = err.close or not self.req_done or self.resp_close
         self._finish(error=err, close=close)

@@ -70,7 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
             ex.response_upgraded(data[exc.args[0]:] if exc.args else b"")
             return
         except httptools.HttpParserError as exc:
-            ex.upstream_failed("invalid response from server: %s" % exc, garbage=True)
+            ex.upstream_failed(f"invalid response from server: {exc}")
             return
         ex = self.exchange  # may have finished (and been released) inside the callbacks
         if ex is not None:
