@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from .errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
-from .flow import CLOSING, PEER_FULL, SPLICING, WAITING, FlowControl, run_drain_waiters
+from .flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, WAITING, FlowControl, run_drain_waiters
 from .message import check_request, error_response
 from .relay import Exchange
 from .rules import RequestView
@@ -79,6 +79,8 @@ class ClientConnection(asyncio.Protocol):
             # uvloop ignores pause_reading() issued in some states; hold tunnel bytes.
             if self.tunnel is not None:
                 self.tunnel.tunnel_data += data
+                if len(self.tunnel.tunnel_data) > HIGH_WATER:
+                    self.abort()  # a client flooding before the server even agreed to switch
             return
         if self.flow.paused_for & (WAITING | SPLICING | CLOSING) and self.pending_error is not None:
             return  # we are closing after an error; ignore what follows
