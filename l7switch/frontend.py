@@ -213,7 +213,8 @@ class ClientConnection(asyncio.Protocol):
         pool = self.switch.pools[pool_name]
         ex = Exchange(self, head, pool, rule.label if rule is not None else "default")
         self.receiving = ex
-        if not head.has_body:
+        has_body = head.chunked or bool(head.content_length)
+        if not has_body:
             ex.req_done = True
         else:
             self.state = BODY
@@ -221,8 +222,8 @@ class ClientConnection(asyncio.Protocol):
             ex.plan_request_splice()
         if self.exchange is None:
             self.exchange = ex
-            self.state = BUSY if not head.has_body else BODY
-            if not head.has_body:
+            if not has_body:
+                self.state = BUSY
                 self.deadline = 0.0
             ex.start()
         else:

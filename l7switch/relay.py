@@ -231,8 +231,7 @@ class Exchange:
         self.request_complete()
 
     # ---- response side (called by UpstreamConnection) ----------------------------------------
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                      version: str) -> None:
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.resp_started or self.resp_done:
             if self.up is not None:
                 self.up.keep_alive = False  # a second response to one request: in doubt
@@ -241,7 +240,7 @@ class Exchange:
             # RFC 9110 §15.2: forward 1xx, but never to an HTTP/1.0 client.
             self.interim = True
             if self.head.version == "1.1":
-                self.to_client.append(forward_response_head(status, reason, headers, b"", False))
+                self.to_client.append(forward_response_head(status, b"", headers, b"", False))
             return
         server = self.server
         if server is not None:
@@ -253,7 +252,7 @@ class Exchange:
                 self.upstream_failed("101 to a request that asked for no upgrade")
                 return
             self.upgrading = True
-            self.to_client.append(forward_response_head(101, reason, headers, b"", False,
+            self.to_client.append(forward_response_head(101, b"", headers, b"", False,
                                                          upgrade=self.head.upgrade))
             return
         if self.head.upgrade is not None:
@@ -297,7 +296,7 @@ class Exchange:
         if self.client.closing_after:
             self.resp_close = True
         self.resp_started = True
-        self.to_client.append(forward_response_head(status, reason, headers, framing, self.resp_close))
+        self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close))
 
     def response_body(self, data: bytes) -> None:
         if self.no_body or self.resp_done:

@@ -31,7 +31,7 @@ MAX_RESPONSE_HEADERS = 101
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("transport", "flow", "parser", "server", "cpool", "exchange", "deadline", "reused",
-                 "headers", "reason", "keep_alive", "closed", "got_bytes", "clock", "drain_waiters")
+                 "headers", "keep_alive", "closed", "got_bytes", "clock", "drain_waiters")
 
     def __init__(self, server: Server, cpool: ConnectionPool) -> None:
         self.server = server
@@ -43,7 +43,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.reused = False
         self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
         self.keep_alive = True
         self.closed = False
         self.got_bytes = False  # any byte of the current response seen
@@ -102,9 +101,6 @@ class UpstreamConnection(asyncio.Protocol):
         run_drain_waiters(self)
 
     # ---- httptools callbacks ------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.headers = []
-
     # No on_status: the client gets the standard reason phrase (RFC 9110 §15: clients ignore
     # it; HTTP/2 dropped it), which saves a callback per response.
 
@@ -119,9 +115,9 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
-        headers, self.headers, reason, self.reason = self.headers, [], self.reason, b""
+        headers, self.headers = self.headers, []  # reset here: no on_message_begin callback needed
         if ex is not None:
-            ex.response_head(status, reason, headers, self.parser.get_http_version())
+            ex.response_head(status, headers)
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -138,7 +134,6 @@ class UpstreamConnection(asyncio.Protocol):
         """A fresh parser after a spliced body or a HEAD response: the old one's state is stale."""
         self.parser = httptools.HttpResponseParser(self)
         self.headers = []
-        self.reason = b""
 
     def on_deadline(self, now: float) -> None:
         if self.exchange is not None:
