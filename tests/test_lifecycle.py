@@ -73,3 +73,27 @@ def test_sigterm_finishes_in_flight_request_then_exits(tmp_path: Path, origin_po
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_every_listener_serves_and_stop_closes_them_all(origin_port: int) -> None:
+    from l7switch.config import parse_config
+    from l7switch.server import Switch
+
+    lt = LoopThread()
+    try:
+        sw = Switch(parse_config(
+            "listen: [{address: 127.0.0.1:0}, {address: '127.0.0.2:0'}]\n"
+            f"pools: {{web: {{servers: [127.0.0.1:{origin_port}]}}}}\ndefault_pool: web\n"))
+        lt.run(sw.start())
+        assert len(sw.addresses) == 2
+        for host, port in sw.addresses:
+            s = connect(port, host=host)
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert read_response(s)[0] == 200
+            s.close()
+        lt.run(sw.stop(grace=1))
+        for host, port in sw.addresses:
+            with pytest.raises(OSError):
+                socket.create_connection((host, port), timeout=0.5)
+    finally:
+        lt.close()
