@@ -105,18 +105,27 @@ class ClientConnection(asyncio.Protocol):
                 self.tunnel_wait(ex)
             else:
                 self.error(BadRequest("unexpected protocol upgrade"))
+            self.flush_fed()
             return
         except L7Error as err:
             self.error(err)
+            self.flush_fed()
             return
         except httptools.HttpParserError as exc:
             # An L7Error raised inside a parser callback (431, 413, a check_request 400) reaches
             # us wrapped in HttpParserCallbackError, the original as __context__.
             ctx = exc.__context__
             self.error(ctx if isinstance(ctx, L7Error) else BadRequest(_parser_message(exc)))
+            self.flush_fed()
             return
         finally:
             self.feeding = False
+        self.flush_fed()
+
+    def flush_fed(self) -> None:
+        """Send on what one client read produced for the server(s), also when the read ended in
+        an error or an upgrade: an earlier pipelined request's body bytes from the same read
+        would otherwise never reach its server, which then waits for them forever."""
         ex = self.receiving or self.exchange
         if ex is not None:
             ex.after_client_feed()
@@ -188,7 +197,9 @@ class ClientConnection(asyncio.Protocol):
         headers = self.headers
         if len(headers) >= limits.max_headers:
             raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
-        headers.append((name.lower(), value))
+        # llhttp drops leading OWS but keeps trailing OWS; RFC 9110 §5.5 excludes both from the
+        # field value. Rules must match (and the server get) the value a server would parse.
+        headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self.parser

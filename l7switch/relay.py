@@ -293,7 +293,10 @@ class Exchange:
             else:
                 self.resp_close = True
                 framing = b""
-        if self.client.closing_after:
+        client = self.client
+        if client.closing_after and not client.queue and client.pending_error is None:
+            # Only the last response before the close says so: pipelined requests queued behind
+            # this one, or a bad one waiting for its 400, are still to be answered in order.
             self.resp_close = True
         self.resp_started = True
         self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close))
@@ -511,6 +514,11 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        for job in self.jobs:
+            # A request body still being spliced (the server answered early, or failed): the
+            # job's dup()ed fds would keep both sockets open after their transports close.
+            job.cancel()
+        self.jobs = []
         if self.server is not None:
             self.pool.end(self.server)
         up, self.up = self.up, None
