@@ -1,0 +1,144 @@
+"""Handing a connection's bytes to splice(2), and back: the parts of an Exchange that leave Python.
+
+A known-length body above ``splice.threshold`` and an Upgrade tunnel cross by ``SpliceJob``
+(splice.py). The hand-off follows uvloop-proxy.md §2.4: pause the source transport, write what
+Python already holds, wait until the destination's write buffer is empty (byte order), splice,
+then reset the parser whose state is stale and resume reading at the message boundary.
+
+``SpliceHandoff`` is a mixin of ``Exchange`` (relay.py) with no state of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .flow import SPLICING
+from .splice import SpliceJob
+
+if TYPE_CHECKING:
+    from .relay import Exchange
+
+
+class SpliceHandoff:
+    __slots__ = ()
+
+    def plan_request_splice(self: Exchange) -> None:
+        """Called at the request head: a large known-length body crosses by splice."""
+        splice = self.client.switch.config.splice
+        cl = self.head.content_length
+        if splice.enabled and cl is not None and cl >= splice.threshold and not self.head.expect_continue:
+            self.req_splice_left = cl  # reduced by what the first read already carried
+
+    def _start_request_splice(self: Exchange) -> None:
+        left = (self.head.content_length or 0) - self.req_body
+        if left <= 0:
+            self.req_splice_left = 0
+            return
+        client, up = self.client, self.up
+        assert up is not None and up.transport is not None
+        self.req_splice_left = left
+        client.flow.pause_reading(SPLICING)
+        if self.to_up:
+            out, self.to_up = self.to_up, []
+            up.writelines(out)
+
+        def go() -> None:
+            if self.finished or self.up is None or client.transport is None:
+                return
+            job = SpliceJob(client.switch.loop, client.transport, up.transport, left, self._request_spliced)
+            self.jobs.append(job)
+            job.start()
+        _when_drained(up.transport, go)
+
+    def _request_spliced(self: Exchange, moved: int, error: BaseException | None) -> None:
+        self.jobs = [j for j in self.jobs if not j.finished]
+        self.req_body += moved
+        self.req_splice_left = 0
+        if error is not None:
+            self.client.abort()
+            return
+        self.client.reset_parser()
+        self.client.flow.resume_reading(SPLICING)
+        self.request_complete()
+
+
+    def _start_response_splice(self: Exchange) -> None:
+        up, client = self.up, self.client
+        assert up is not None and up.flow is not None and client.transport is not None
+        left = self.resp_splice_left
+        self.resp_splice_left = 0
+        up.flow.pause_reading(SPLICING)
+
+        def go() -> None:
+            if self.finished or up.transport is None or client.transport is None:
+                return
+            job = SpliceJob(client.switch.loop, up.transport, client.transport, left, self._response_spliced)
+            self.jobs.append(job)
+            job.start()
+        _when_drained(client.transport, go)
+
+    def _response_spliced(self: Exchange, moved: int, error: BaseException | None) -> None:
+        self.jobs = [j for j in self.jobs if not j.finished]
+        up = self.up
+        if error is not None or up is None:
+            self._abort_both()
+            return
+        up.reset_parser()
+        assert up.flow is not None
+        up.flow.resume_reading(SPLICING)
+        self.resp_done = True
+        self.after_upstream_feed()
+
+    def response_upgraded(self: Exchange, leftover: bytes) -> None:
+        """The server answered 101: both sockets become one spliced tunnel."""
+        up, client = self.up, self.client
+        if not self.upgrading or up is None or up.transport is None or client.transport is None:
+            self.upstream_failed("unexpected protocol switch")
+            return
+        self.upgrading = False
+        self.resp_started = self.resp_done = True
+        if self.to_client:
+            out, self.to_client = self.to_client, []
+            client.writelines(out)
+        if leftover:
+            client.write(leftover)
+        if self.tunnel_data:
+            up.write(self.tunnel_data)
+            self.tunnel_data = b""
+        assert up.flow is not None
+        up.flow.pause_reading(SPLICING)
+        client.flow.pause_reading(SPLICING)
+        client.tunnel = self
+        up.deadline = 0.0  # tunnels live until either side closes
+        remaining = [2]
+
+        def one_done(moved: int, error: BaseException | None) -> None:
+            remaining[0] -= 1
+            if error is not None or remaining[0] == 0:
+                self._abort_both(graceful=error is None)
+
+        def go() -> None:
+            if self.finished or up.transport is None or client.transport is None:
+                return
+            if up.transport.get_write_buffer_size() or client.transport.get_write_buffer_size():
+                _when_drained(up.transport if up.transport.get_write_buffer_size() else client.transport, go)
+                return
+            loop = client.switch.loop
+            self.jobs = [SpliceJob(loop, client.transport, up.transport, None, one_done),
+                         SpliceJob(loop, up.transport, client.transport, None, one_done)]
+            for job in list(self.jobs):
+                job.start()
+        go()
+
+
+
+
+def _when_drained(transport: asyncio.BaseTransport, callback: object) -> None:
+    """Run ``callback`` once the transport's write buffer is empty (byte order before a splice)."""
+    if transport.get_write_buffer_size() == 0:  # type: ignore[attr-defined]
+        callback()  # type: ignore[operator]
+        return
+    proto = transport.get_protocol()
+    proto.drain_waiters.append(callback)  # type: ignore[attr-defined]
+    transport.set_write_buffer_limits(high=0, low=0)  # type: ignore[attr-defined]
