@@ -228,14 +228,10 @@ class ClientConnection(asyncio.Protocol):
         if not has_body:
             ex.req_done = True
         else:
-            self.state = BODY
-            self.deadline = time.monotonic() + self.switch.config.timeouts.client
             ex.plan_request_splice()
         if self.exchange is None:
             self.exchange = ex
-            if not has_body:
-                self.state = BUSY
-                self.deadline = 0.0
+            self._set_state(ex)
             ex.start()
         else:
             self.queue.append(ex)
@@ -279,7 +275,7 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             nxt = self.queue.popleft()
             self.exchange = nxt
-            self.state = BUSY if nxt.req_done else BODY
+            self._set_state(nxt)
             if not self.queue:
                 self.flow.resume_reading(WAITING)
             nxt.start()
@@ -289,6 +285,16 @@ class ClientConnection(asyncio.Protocol):
             return
         self.state = IDLE
         self.deadline = time.monotonic() + self.switch.config.timeouts.client
+
+    def _set_state(self, ex: Exchange) -> None:
+        """State and deadline follow the exchange being served, never a queued one: reading is
+        paused while a request waits its turn, so its body cannot be expected meanwhile."""
+        if ex.req_done:
+            self.state = BUSY
+            self.deadline = 0.0
+        else:
+            self.state = BODY
+            self.deadline = time.monotonic() + self.switch.config.timeouts.client
 
     def error(self, err: L7Error) -> None:
         """A bad request: answer in order, then close (framing is in doubt)."""

@@ -462,3 +462,18 @@ def test_large_pattern_through_small_reads(proxy):
         data += chunk
     assert data == pattern_bytes(50000)
     c.close()
+
+
+def test_queued_request_body_is_not_timed_out_while_it_waits_its_turn(proxy):
+    """Reading pauses while a pipelined request waits behind a slow response, so the client
+    cannot be blamed (408) for its body not arriving meanwhile."""
+    sw, o = proxy("timeouts: {client: 0.4s}\n")
+    c = Conn(sw.port)
+    c.send(b"GET /delay/1200 HTTP/1.1\r\nHost: t\r\n\r\n"
+           b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12345")
+    r1 = c.response()
+    assert r1.status == 200
+    c.send(b"67890")
+    r2 = c.response()
+    assert r2.status == 200 and b'"body_len": 10' in r2.body
+    c.close()
