@@ -389,16 +389,8 @@ class Exchange(SpliceHandoff):
                 self.pool.end(self.server)
 
     def _abort_both(self, graceful: bool = False) -> None:
-        for job in self.jobs:
-            job.cancel()
-        self.jobs = []
-        up, self.up = self.up, None
-        if up is not None:
-            up.close()
-        if not self.finished:
-            self.finished = True
-            if self.server is not None:
-                self.pool.end(self.server)
+        """End the exchange on both sides: a tunnel that finished, or a truncated response."""
+        self.client_lost()  # the same teardown on the server side
         if graceful:
             self.client.close()
         else:
