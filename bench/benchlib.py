@@ -156,6 +156,15 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
             pass
 
 
+def cleanup(procs: Procs, tmp: Path, keep_tmp: bool) -> None:
+    """Stop every process a script started and remove (or report) its temp dir."""
+    procs.stop_all()
+    if keep_tmp:
+        print(f"# temp dir kept: {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def install_sigterm_handler() -> None:
     """Turn SIGINT/SIGTERM/SIGHUP into KeyboardInterrupt so `finally:` cleanup runs.
 

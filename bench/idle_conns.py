@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -200,11 +199,7 @@ def main() -> int:
         print("# interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
-        procs.stop_all()
-        if args.keep_tmp:
-            print(f"# temp dir kept: {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bl.cleanup(procs, tmp, args.keep_tmp)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -357,11 +356,7 @@ def main() -> int:
         print("# interrupted; cleaning up", file=sys.stderr)
         return 130
     finally:
-        procs.stop_all()
-        if args.keep_tmp:
-            print(f"# temp dir kept: {args.tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(args.tmp, ignore_errors=True)
+        bl.cleanup(procs, args.tmp, args.keep_tmp)
 
     meta = tool_versions(tools)
     meta["background CPU busy at start"] = f"{busy:.0f}%"
