@@ -224,7 +224,7 @@ class ClientConnection(asyncio.Protocol):
         pool = self.switch.pools[pool_name]
         ex = Exchange(self, head, pool, rule.label if rule is not None else "default")
         self.receiving = ex
-        has_body = head.chunked or bool(head.content_length)
+        has_body = head.has_body
         if not has_body:
             ex.req_done = True
         else:

@@ -13,6 +13,7 @@ from http import HTTPStatus
 from .errors import BadRequest
 
 VIA = b"1.1 l7switch"
+VIA_LINE = b"Via: " + VIA + b"\r\n"
 
 # RFC 9110 §7.6.1: hop-by-hop fields never forwarded, plus whatever Connection names.
 # Proxy-Connection and Keep-Alive are the legacy ones the RFC says SHOULD go too.
@@ -51,12 +52,7 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
     line = STATUS_LINES.get(status)
     if line is not None and (not reason or line[13:-2] == reason):
         return line
-    if not reason:
-        try:
-            reason = HTTPStatus(status).phrase.encode()
-        except ValueError:
-            reason = b"Unknown"
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or _phrase(status))
 
 
 def error_response(status: int, detail: str = "", close: bool = True) -> bytes:
@@ -67,7 +63,7 @@ def error_response(status: int, detail: str = "", close: bool = True) -> bytes:
         status_line(status),
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
         b"Connection: close\r\n" if close else b"",
-        b"Via: " + VIA + b"\r\n\r\n",
+        VIA_LINE + b"\r\n",
         body,
     ))
 
@@ -298,7 +294,7 @@ def forward_response_head(status: int, reason: bytes, headers: list[tuple[bytes,
             add(b": ")
             add(value)
             add(b"\r\n")
-    add(b"Via: 1.1 l7switch\r\n")
+    add(VIA_LINE)
     if upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
     elif close:
