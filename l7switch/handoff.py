@@ -11,6 +11,7 @@ then reset the parser whose state is stale and resume reading at the message bou
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .flow import SPLICING
@@ -42,17 +43,9 @@ class SpliceHandoff:
         if self.to_up:
             out, self.to_up = self.to_up, []
             up.writelines(out)
-
-        def go() -> None:
-            if self.finished or self.up is None or client.transport is None:
-                return
-            job = SpliceJob(client.switch.loop, client.transport, up.transport, left, self._request_spliced)
-            self.jobs.append(job)
-            job.start()
-        _when_drained(up.transport, go)
+        self._splice_when_drained(client.transport, up.transport, left, self._request_spliced)
 
     def _request_spliced(self: Exchange, moved: int, error: BaseException | None) -> None:
-        self.jobs = [j for j in self.jobs if not j.finished]
         self.req_body += moved
         self.req_splice_left = 0
         if error is not None:
@@ -62,24 +55,31 @@ class SpliceHandoff:
         self.client.flow.resume_reading(SPLICING)
         self.request_complete()
 
-
     def _start_response_splice(self: Exchange) -> None:
         up, client = self.up, self.client
         assert up is not None and up.flow is not None and client.transport is not None
         left = self.resp_splice_left
         self.resp_splice_left = 0
         up.flow.pause_reading(SPLICING)
+        self._splice_when_drained(up.transport, client.transport, left, self._response_spliced)
+
+    def _splice_when_drained(self: Exchange, src: asyncio.BaseTransport, dst: asyncio.BaseTransport,
+                             nbytes: int, on_done: Callable[[int, BaseException | None], None]) -> None:
+        """Splice ``nbytes`` from src to dst once dst's write buffer is empty (byte order)."""
+        def done(moved: int, error: BaseException | None) -> None:
+            self.jobs = [j for j in self.jobs if not j.finished]
+            on_done(moved, error)
 
         def go() -> None:
-            if self.finished or up.transport is None or client.transport is None:
+            # Whatever ended the exchange meanwhile (client gone, server lost) has finished it.
+            if self.finished or self.up is None or self.client.transport is None:
                 return
-            job = SpliceJob(client.switch.loop, up.transport, client.transport, left, self._response_spliced)
+            job = SpliceJob(self.client.switch.loop, src, dst, nbytes, done)
             self.jobs.append(job)
             job.start()
-        _when_drained(client.transport, go)
+        _when_drained(dst, go)
 
     def _response_spliced(self: Exchange, moved: int, error: BaseException | None) -> None:
-        self.jobs = [j for j in self.jobs if not j.finished]
         up = self.up
         if error is not None or up is None:
             self._abort_both()
@@ -130,8 +130,6 @@ class SpliceHandoff:
             for job in list(self.jobs):
                 job.start()
         go()
-
-
 
 
 def _when_drained(transport: asyncio.BaseTransport, callback: object) -> None:
