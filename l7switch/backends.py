@@ -11,10 +11,13 @@ call ``mark_up``/``mark_down``; the pool forwards those events to its scheduler'
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import PoolSpec
+    from .keys import KeyFunction
+    from .rules import RequestView
     from .schedulers import Scheduler
 
 # Weight of the newest sample in the response-time moving average; 1/8 is TCP's SRTT gain
@@ -78,9 +81,10 @@ class Server:
 class ServerPool:
     """A named group of real servers plus the scheduler that picks among them."""
 
-    __slots__ = ("name", "servers", "scheduler", "spec", "created")
+    __slots__ = ("name", "servers", "scheduler", "spec", "created", "keyfn")
 
-    def __init__(self, spec: PoolSpec) -> None:
+    def __init__(self, spec: PoolSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        from .keys import key_function
         from .schedulers import create
 
         self.name = spec.name
@@ -88,17 +92,29 @@ class ServerPool:
         self.servers = [
             Server(s.name, s.host, s.port, s.weight, spec.name, i) for i, s in enumerate(spec.servers)
         ]
-        self.scheduler: Scheduler = create(spec.scheduler, self.servers, spec.scheduler_options)
+        self.scheduler: Scheduler = create(spec.scheduler, self.servers, spec.scheduler_options, clock)
+        opts = self.scheduler.opts
+        #: Computes the request key when the scheduler uses one (None: the request is not looked at).
+        self.keyfn: KeyFunction | None = (
+            key_function(opts["hash_key"], opts["trust_forwarded"]) if "hash_key" in opts else None)
         self.created = time.monotonic()
 
+    def key_of(self, view: RequestView, client: str) -> str | None:
+        """The key this pool's scheduler picks on, for a request from ``client``."""
+        keyfn = self.keyfn
+        return keyfn(view, client) if keyfn is not None else None
+
     def pick(self, key: str | None = None, exclude: Server | None = None) -> Server | None:
-        """The scheduler's choice for ``key``, or None when no server is available."""
+        """The scheduler's choice for ``key``, or None when no server is available.
+
+        ``exclude`` is a server that just refused a connection: hashing schedulers would name it
+        again, so that one request is balanced by load instead (HAProxy's ``option redispatch``).
+        """
         server = self.scheduler.pick(key)
         if server is not None and server is exclude:
-            # A retry after a refused connect: ask once more, then any other available server.
-            server = self.scheduler.pick(key)
-            if server is exclude:
-                server = next((s for s in self.servers if s.available and s is not exclude), None)
+            from .schedulers import least_loaded
+
+            server = least_loaded(self.servers, exclude)
         return server
 
     def begin(self, server: Server) -> None:
@@ -120,9 +136,15 @@ class ServerPool:
             server.up = True
             self.scheduler.on_up(server)
 
+    def set_weight(self, server: Server, weight: int) -> None:
+        """Runtime weight change (0 quiesces: no new requests, in-flight ones finish)."""
+        if weight != server.weight:
+            server.weight = weight
+            self.scheduler.on_weight(server)
+
     def snapshot(self) -> dict[str, Any]:
         return {
-            "name": self.name, "scheduler": self.scheduler.name,
+            "name": self.name, "scheduler": self.scheduler.snapshot(),
             "servers": [s.snapshot() for s in self.servers],
         }
 

@@ -227,21 +227,33 @@ def _pool(name: str, key: Node, node: Node, issues: Issues) -> PoolSpec | None:
             issues.add(snode, f"{path}.scheduler: unknown scheduler {scheduler!r}"
                        f"{did_you_mean(scheduler, SCHEDULERS, 'known')}")
     options: dict[str, Any] = {}
-    if "scheduler_options" in m and not is_null(m["scheduler_options"][1]):
+    cls = SCHEDULERS.get(scheduler)
+    onode = m["scheduler_options"] if "scheduler_options" in m else None
+    if onode is not None and not is_null(onode[1]):
         opath = f"{path}.scheduler_options"
-        cls = SCHEDULERS.get(scheduler)
-        # An unknown scheduler is already reported; its options cannot be judged.
-        allowed = sorted(cls.options) if cls is not None else None
-        entries = mapping(m["scheduler_options"][1], opath, issues) or {}
+        entries = mapping(onode[1], opath, issues) or {}
         for oname, (okey, ovalue) in entries.items():
-            if allowed is not None and oname not in allowed:
+            if cls is None:
+                continue  # an unknown scheduler is already reported; its options cannot be judged
+            if oname not in cls.options:
+                allowed = sorted(cls.options)
                 hint = did_you_mean(oname, allowed) if allowed else "; it takes no options"
                 issues.add(okey, f"{opath}: unknown option {oname!r} for scheduler {scheduler!r}{hint}")
                 continue
-            options[oname] = plain_value(ovalue, f"{opath}.{oname}", issues)
+            value = plain_value(ovalue, f"{opath}.{oname}", issues)
+            try:
+                options[oname] = cls.parse_option(oname, value)
+            except ValueError as e:
+                issues.add(ovalue, f"{opath}.{oname}: {e}")
     servers: list[ServerSpec] = []
     if "servers" in m:
         servers = _servers(m["servers"][1], f"{path}.servers", name, issues)
+    if cls is not None and len(issues) == n_before:
+        # Checks across options and the pool size (t_low < t_high, a Maglev table size > 100·N).
+        full = {oname: opt.default for oname, opt in cls.options.items()} | options
+        where = onode[0] if onode is not None else m["scheduler"][0] if "scheduler" in m else key
+        for problem in cls.check(full, len(servers)):
+            issues.add(where, f"{path}.scheduler_options: {problem}")
     if len(issues) != n_before:
         return None
     return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options))

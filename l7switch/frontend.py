@@ -222,7 +222,8 @@ class ClientConnection(asyncio.Protocol):
                         host.decode("latin-1").lower(), head.headers)
         rule, pool_name = self.switch.config.router.route(view)
         pool = self.switch.pools[pool_name]
-        ex = Exchange(self, head, pool, rule.label if rule is not None else "default")
+        key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
+        ex = Exchange(self, head, pool, rule.label if rule is not None else "default", key)
         self.receiving = ex
         has_body = head.has_body
         if not has_body:

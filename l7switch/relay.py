@@ -39,18 +39,20 @@ NO_BODY_STATUS = (204, 304)
 
 class Exchange(SpliceHandoff):
     __slots__ = (
-        "client", "head", "pool", "route", "server", "cpool", "up", "t0",
+        "client", "head", "pool", "route", "key", "server", "cpool", "up", "t0",
         "to_up", "pending", "pending_size", "req_done", "req_body", "req_splice_left", "attempts",
         "status", "resp_started", "resp_done", "resp_chunked", "resp_close", "resp_eof_framed",
         "resp_splice_left", "to_client", "interim", "no_body", "finished", "jobs",
         "tunnel_data", "upgrading", "body_sent_up",
     )
 
-    def __init__(self, client: ClientConnection, head: RequestHead, pool: ServerPool, route: str) -> None:
+    def __init__(self, client: ClientConnection, head: RequestHead, pool: ServerPool, route: str,
+                 key: str | None = None) -> None:
         self.client = client
         self.head = head
         self.pool = pool
         self.route = route  # rule label, for logs and stats
+        self.key = key  # what the pool's scheduler picks on (hash_key), None if it needs nothing
         self.server: Server | None = None
         self.cpool: ConnectionPool | None = None
         self.up: UpstreamConnection | None = None
@@ -81,7 +83,7 @@ class Exchange(SpliceHandoff):
     # ---- request side ---------------------------------------------------------------------------
     def start(self) -> None:
         """Pick a server and get a connection to it (pooled, or a new one)."""
-        server = self.pool.pick(None)
+        server = self.pool.pick(self.key)
         if server is None:
             self.fail(ServiceUnavailable(f"no server available in pool '{self.pool.name}'"))
             return
@@ -128,7 +130,7 @@ class Exchange(SpliceHandoff):
         if refused and self.attempts < 2:
             # HAProxy's `option redispatch`: a refused connection is safe to retry elsewhere,
             # nothing was sent (RFC 9110 §9.2.2's caution is about requests already sent).
-            other = self.pool.pick(None, exclude=server)
+            other = self.pool.pick(self.key, exclude=server)
             if other is not None and other is not server:
                 self._use(other)
                 return

@@ -11,7 +11,7 @@ import logging
 import resource
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .backends import Server, ServerPool
@@ -102,6 +102,28 @@ class Switch:
                 srv.close()
             raise
         self.clock.start()
+        for pool in self.pools.values():
+            pool.scheduler.defer = self.defer_build
+
+    def defer_build(self, build: Callable[[], Any], install: Callable[[Any], None]) -> None:
+        """Build a scheduler table (Maglev, chash ring) in a worker thread, install it on the loop.
+
+        The build is pure Python, so it still shares the GIL, but the interpreter hands the GIL
+        back every 5 ms (sys.getswitchinterval), so the loop keeps serving instead of stalling for
+        the whole build; the old table answers meanwhile.
+        """
+        fut = self.loop.run_in_executor(None, build)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("scheduler table rebuild failed: %r", exc)
+                return
+            install(f.result())
+
+        fut.add_done_callback(done)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

@@ -11,7 +11,8 @@ import pytest
 from l7switch.config import (Config, ConfigError, Limits, ListenerSpec, PoolSpec, ServerSpec, SpliceSpec,
                              Timeouts, UpstreamSpec, load_config, parse_config)
 from l7switch.errors import ConfigIssue
-from l7switch.schedulers import SCHEDULERS, Scheduler
+from l7switch.schedulers import KEY_OPTIONS, SCHEDULERS, Option, Scheduler
+from l7switch.schedulers.base import integer
 from l7switch.yamlnodes import parse_address, parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,12 +130,19 @@ default_pool: a
 def test_scheduler_options_validated_against_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     class Opt(Scheduler):
         name = "opt"
-        options = frozenset({"hash_key", "table_size"})
+        options = {**KEY_OPTIONS, "table_size": Option(integer(1), 7, "size"),
+                   "low": Option(integer(0), 1, "low"), "high": Option(integer(0), 2, "high")}
+
+        @classmethod
+        def check(cls, opts, n_servers):  # type: ignore[no-untyped-def]
+            return super().check(opts, n_servers) + (
+                ["low must be below high"] if opts["low"] >= opts["high"] else [])
 
     monkeypatch.setitem(SCHEDULERS, "opt", Opt)
     base = "listen: [{address: 127.0.0.1:0}]\ndefault_pool: p\npools:\n  p:\n    scheduler: opt\n"
-    c = parse_config(base + "    scheduler_options: {hash_key: on, table_size: 251}\n    servers: [h:1]\n")
-    assert dict(c.pools["p"].scheduler_options) == {"hash_key": True, "table_size": 251}
+    c = parse_config(base + "    scheduler_options: {hash_key: Header:X-User, table_size: 251}\n"
+                            "    servers: [h:1]\n")
+    assert dict(c.pools["p"].scheduler_options) == {"hash_key": "header:x-user", "table_size": 251}
     assert one_issue(base + "    scheduler_options: {hash_ky: path}\n    servers: [h:1]\n") == (
         "f.yaml:6:25: pools.p.scheduler_options: unknown option 'hash_ky' for scheduler 'opt'; "
         "did you mean 'hash_key'?")
@@ -142,6 +150,15 @@ def test_scheduler_options_validated_against_registry(monkeypatch: pytest.Monkey
         "f.yaml:6:25: pools.p.scheduler_options: unknown option 'x' for scheduler 'rr'; it takes no options")
     assert one_issue(base + "    scheduler_options: [1]\n    servers: [h:1]\n") == (
         "f.yaml:6:24: pools.p.scheduler_options: expected a mapping, found a list")
+    assert one_issue(base + "    scheduler_options: {table_size: big}\n    servers: [h:1]\n") == (
+        "f.yaml:6:37: pools.p.scheduler_options.table_size: expected an integer, found 'big'")
+    assert one_issue(base + "    scheduler_options: {hash_key: pth}\n    servers: [h:1]\n") == (
+        "f.yaml:6:35: pools.p.scheduler_options.hash_key: hash_key 'pth' is not one of path, url, "
+        "host, source, header:NAME, cookie:NAME, param:NAME; did you mean 'path'?")
+    assert one_issue(base + "    scheduler_options: {low: 5, high: 3}\n    servers: [h:1]\n") == (
+        "f.yaml:6:5: pools.p.scheduler_options: low must be below high")
+    assert one_issue(base + "    scheduler_options: {trust_forwarded: true}\n    servers: [h:1]\n") == (
+        "f.yaml:6:5: pools.p.scheduler_options: trust_forwarded only applies with hash_key: source")
 
 
 @pytest.mark.parametrize("text,seconds", [("5s", 5), ("250ms", 0.25), ("2m", 120), ("1h", 3600),
