@@ -1,12 +1,14 @@
 """The registry of schedulers, keyed by ipvsadm's names (and LARD's, chash's, maglev's).
 
 The interface, the typed options and the shared helpers are in base.py. Adding an algorithm: one
-module in this package with a ``Scheduler`` subclass decorated by ``@register``, and its name in
-the import line at the bottom of this file.
+module in this package with a ``Scheduler`` subclass decorated by ``@register``; every module
+here except base.py is imported below, so registering is all it takes.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,4 +39,10 @@ def create(name: str, servers: Sequence[Server], options: Mapping[str, Any] | No
     return cls(servers, options, clock)
 
 
-from . import rr, wlc  # noqa: E402,F401  (registration side effect)
+def _load_all() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load_all()
