@@ -153,3 +153,26 @@ class ServerPool:
         inflight = sum(s.inflight for s in self.servers)
         return (f"<ServerPool {self.name} {self.scheduler.name} [{up}/{len(self.servers)} available, "
                 f"{inflight} in flight]>")
+
+
+def explain_choice(spec: PoolSpec, view: RequestView, client: str) -> list[str]:
+    """Lines for ``l7switch explain``: what the pool's scheduler keys on for this request and
+    which server it would pick first on a fresh, idle pool (a pure computation, no sockets)."""
+    from .keys import describe
+
+    pool = ServerPool(spec)
+    sched = pool.scheduler
+    opts = sched.opts
+    if pool.keyfn is None:
+        return [f"key: none ({sched.name} does not look at the request)"]
+    key = pool.key_of(view, client)
+    what = describe(opts["hash_key"], opts["trust_forwarded"])
+    if key is None:
+        return [f"key: {what} -> absent; {sched.name} balances this request by load instead"]
+    server = pool.pick(key)
+    lines = [f"key: {what} -> {key!r} (hash_key: {opts['hash_key']})"]
+    if server is not None:
+        named = f" ({server.name})" if server.name != server.address else ""
+        lines.append(f"first pick on an idle pool: {server.address}{named}")
+    return lines
+

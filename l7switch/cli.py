@@ -61,8 +61,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = _load(args.file)
     if config is None:
         return 1
+    from .backends import explain_choice
+
     view = RequestView.from_url(args.method, args.url, list(args.headers))
     print(config.router.explain(view, config.pools))
+    _, pool = config.router.route(view)
+    print("\n".join(explain_choice(config.pools[pool], view, args.client)))
     return 0
 
 
@@ -100,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("-X", "--method", default="GET", help="request method (default GET)")
     explain.add_argument("-H", "--header", dest="headers", action="append", type=_header, default=[],
                          metavar="'Name: value'", help="a request header (repeatable)")
+    explain.add_argument("--client", default="127.0.0.1", metavar="ADDR",
+                         help="client address, for hash_key: source (default 127.0.0.1)")
     explain.set_defaults(func=cmd_explain)
 
     demo = sub.add_parser("demo", help="start a switch with demo origin servers")

@@ -62,25 +62,48 @@ def test_explain_match() -> None:
     r = l7("explain", "rules/example.yaml", "http://www.example.com/images/logo.png")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "rule #1 'api' (line 30): no match" in out
+    assert "rule #1 'api' (line 34): no match" in out
     assert "host 'api.example.com' does not match 'www.example.com'" in out
-    assert "rule #2 'beta-testers' (line 36): no match" in out
+    assert "rule #2 'beta-testers' (line 40): no match" in out
     assert "header 'X-Beta' ~ 'yes': header is absent" in out
-    assert "rule #3 'images' (line 44): MATCH" in out
+    assert "rule #3 'images' (line 48): MATCH" in out
     assert "path_prefix '/images/' matches '/images/logo.png'" in out
-    assert "decision: rule #3 'images' (line 44) -> pool 'images'" in out
-    assert "pool 'images': scheduler rr, 2 server(s)" in out
+    assert "decision: rule #3 'images' (line 48) -> pool 'images'" in out
+    assert "pool 'images': scheduler chash, 2 server(s)" in out
     assert "127.0.0.1:9003 weight 1" in out
+    assert "key: the path without the query -> '/images/logo.png' (hash_key: path)" in out
+    assert "first pick on an idle pool: 127.0.0.1:900" in out
+
+
+def test_explain_shows_the_key_for_each_kind(tmp_path: Path) -> None:
+    f = tmp_path / "k.yaml"
+    base = ("listen: [{address: 127.0.0.1:0}]\ndefault_pool: p\npools:\n  p:\n    scheduler: %s\n"
+            "    scheduler_options: %s\n    servers: [127.0.0.1:1, 127.0.0.1:2]\n")
+    cases = [
+        ("rr", "{}", [], "key: none (rr does not look at the request)"),
+        ("sh", "{}", [], "key: the client address -> '192.0.2.7'"),
+        ("sh", "{trust_forwarded: true}", ["-H", "X-Forwarded-For: 1.1.1.1, 10.0.0.9"],
+         "key: the last X-Forwarded-For address (else the client address) -> '10.0.0.9'"),
+        ("dh", "{hash_key: url}", [], "key: the path with the query -> '/a/b?x=1'"),
+        ("dh", "{hash_key: 'cookie:sid'}", ["-H", "Cookie: a=1; sid=abc"], "key: cookie 'sid' -> 'abc'"),
+        ("dh", "{hash_key: 'header:X-User'}", [],
+         "key: header 'x-user' -> absent; dh balances this request by load instead"),
+    ]
+    for sched, opts, extra, line in cases:
+        f.write_text(base % (sched, opts))
+        r = l7("explain", str(f), "/a/b?x=1", "--client", "192.0.2.7", *extra)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert line in r.stdout, r.stdout
 
 
 def test_explain_method_and_headers() -> None:
     r = l7("explain", "rules/example.yaml", "/anything", "-X", "POST", "-H", "Host: api.example.com",
            "-H", "x-beta: yes")
     assert r.returncode == 0, r.stderr
-    assert "decision: rule #1 'api' (line 30) -> pool 'api'" in r.stdout
+    assert "decision: rule #1 'api' (line 34) -> pool 'api'" in r.stdout
     assert "127.0.0.1:9005 (api1) weight 1" in r.stdout
     r = l7("explain", "rules/example.yaml", "/anything", "-H", "X-Beta: yes")
-    assert "decision: rule #2 'beta-testers' (line 36) -> pool 'beta'" in r.stdout
+    assert "decision: rule #2 'beta-testers' (line 40) -> pool 'beta'" in r.stdout
 
 
 def test_explain_default_pool() -> None:

@@ -266,7 +266,7 @@ ERROR_CASES = [
     (MINIMAL.replace("{servers:", "{scheduler: rrr, servers:"),
      "f.yaml:2:26: pools.web.scheduler: unknown scheduler 'rrr'; did you mean 'rr'?"),
     (MINIMAL.replace("{servers:", "{scheduler: zzzzzz, servers:"),
-     "f.yaml:2:26: pools.web.scheduler: unknown scheduler 'zzzzzz'; known: rr, wlc"),
+     "f.yaml:2:26: pools.web.scheduler: unknown scheduler 'zzzzzz'; known: " + ", ".join(sorted(SCHEDULERS))),
     # regexes
     (MINIMAL + "rules: [{match: {path_regex: '(a'}, pool: web}]\n",
      "f.yaml:4:30: rules[0].match.path_regex: bad regular expression '(a': "

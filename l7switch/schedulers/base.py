@@ -196,12 +196,18 @@ class Scheduler:
 
 # ---- helpers ----------------------------------------------------------------------------------
 
-def least_loaded(servers: Sequence[Server], exclude: Server | None = None) -> Server | None:
+def least_loaded(servers: Sequence[Server], exclude: Server | None = None,
+                 start: int = 0) -> Server | None:
     """IPVS wlc at Layer 7: the available server with the least ``inflight / weight``.
 
     Compared by cross-multiplying (``a.inflight * b.weight < b.inflight * a.weight``) as
-    ip_vs_wlc.c does, so no division; ties go to the first server in pool order.
+    ip_vs_wlc.c does, so no division. Ties go to the first server scanned, from index ``start``
+    on: locality schedulers pass the key's hash there, so that under light load (every server
+    idle) new keys spread over the pool instead of all landing on the first server.
     """
+    if start:
+        start %= len(servers)
+        servers = [*servers[start:], *servers[:start]]
     best: Server | None = None
     for s in servers:
         if s is exclude or not s.available:
