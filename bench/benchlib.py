@@ -318,13 +318,13 @@ def start_origin(procs: Procs, tmp: Path, nginx: str) -> int:
     return port
 
 
-def write_l7switch_config(tmp: Path, port: int, origin_port: int) -> Path:
+def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str = "rr") -> Path:
     cfg = tmp / "l7switch.yaml"
     cfg.write_text(f"""listen:
   - address: 127.0.0.1:{port}
 pools:
   origin:
-    scheduler: rr
+    scheduler: {scheduler}
     servers: [127.0.0.1:{origin_port}]
 default_pool: origin
 """)

@@ -28,6 +28,7 @@ from pathlib import Path
 import benchlib as bl
 
 ALL_PROXIES = ("direct", "haproxy", "nginx", "l7switch")
+SCHEDULER = "rr"  # the l7switch pool's scheduler (--scheduler)
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
@@ -116,7 +117,7 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
-        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin))
+        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER))
     print(f"# start {name}: {shlex.join(cmd)}", file=sys.stderr)
     try:
         proc = procs.start(name, cmd)
@@ -296,9 +297,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per size/proxy, interleaved; the median-rps run is reported")
     ap.add_argument("--out", type=Path, default=OUT_DIR / "results.md", help="markdown output file")
+    ap.add_argument("--scheduler", default="rr",
+                    help="l7switch pool scheduler (default rr); e.g. chash or lblc to price a keyed pick")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs/logs temp dir for inspection")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output")
     args = ap.parse_args()
+    global SCHEDULER
+    SCHEDULER = args.scheduler
 
     sizes = [s for s in args.sizes.split(",") if s]
     proxies = [p for p in args.proxies.split(",") if p]
