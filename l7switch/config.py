@@ -24,15 +24,27 @@ from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duratio
                         is_null, kind, mapping, nonempty_text, parse_address, parse_duration,
                         parse_size, plain_value, record, regex, size, text_list)
 
-__all__ = ["ListenerSpec", "ServerSpec", "PoolSpec", "Timeouts", "Limits", "UpstreamSpec", "SpliceSpec",
+__all__ = ["ListenerSpec", "TLSSpec", "ServerSpec", "PoolSpec", "PersistenceSpec", "Timeouts", "Limits", "UpstreamSpec", "SpliceSpec",
            "Config", "load_config", "parse_config", "parse_duration", "parse_size", "parse_address",
            "ConfigError", "ConfigIssue"]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSpec:
+    """TLS termination on a listener."""
+    certs: tuple[tuple[str, str], ...]  # (certificate chain file, key file); the first is the default
+    min_version: str = "TLSv1.2"  # Mozilla "intermediate": TLS 1.2 and 1.3
+    alpn: tuple[str, ...] = ("http/1.1",)
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
     host: str
     port: int  # 0 = any free port (tests)
+    mode: str = "http"  # "http" (optionally with tls) or "tls-passthrough"
+    tls: TLSSpec | None = None  # http mode: terminate TLS with these certificates
+    sni: tuple[tuple[str, str], ...] = ()  # tls-passthrough: (host name or *.domain, pool), in order
+    default_pool: str | None = None  # tls-passthrough: pool when no SNI entry matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,24 @@ class ServerSpec:
     host: str  # IPv6 without brackets
     port: int
     weight: int = 1  # ipvsadm's default weight; 0 = quiesced (drain, no new requests)
+    cookie: str | None = None  # explicit persistence cookie value (HAProxy "server ... cookie X")
+
+
+@dataclass(frozen=True, slots=True)
+class PersistenceSpec:
+    """One persistence method per pool (``persistence:``)."""
+    method: str  # "cookie", "source" or "ssl_session"
+    cookie_name: str = "SRVID"
+    cookie_mode: str = "insert"  # insert | rewrite | prefix
+    secure: bool = False
+    httponly: bool = True
+    max_age: int | None = None  # seconds; None = a session cookie
+    domain: str | None = None
+    timeout: float = 300.0  # source / ssl_session idle timeout: ipvsadm -p's default 300 s
+    netmask: int = 32  # source: IPv4 prefix length (ipvsadm -M, default 255.255.255.255)
+    netmask6: int = 128  # source: IPv6 prefix length
+    max_entries: int = 100_000  # source / ssl_session table bound
+    redispatch: bool = True  # sticky server down or refusing: pick another (HAProxy option redispatch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +79,7 @@ class PoolSpec:
     scheduler: str
     servers: tuple[ServerSpec, ...]
     scheduler_options: Mapping[str, Any]  # types.MappingProxyType
+    persistence: PersistenceSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
