@@ -318,7 +318,18 @@ def start_origin(procs: Procs, tmp: Path, nginx: str) -> int:
     return port
 
 
-def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str = "rr") -> Path:
+#: ``--persistence`` choices: the pool's persistence section ("cookie-sticky" is cookie insert
+#: with every wrk request carrying the cookie, see ``persistence_header``).
+PERSISTENCE = {
+    "none": "",
+    "cookie": "    persistence: {cookie: {name: SRVID, mode: insert}}\n",
+    "cookie-sticky": "    persistence: {cookie: {name: SRVID, mode: insert}}\n",
+    "source": "    persistence: {source: {timeout: 300s}}\n",
+}
+
+
+def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str = "rr",
+                          persistence: str = "none") -> Path:
     cfg = tmp / "l7switch.yaml"
     cfg.write_text(f"""listen:
   - address: 127.0.0.1:{port}
@@ -326,9 +337,21 @@ pools:
   origin:
     scheduler: {scheduler}
     servers: [127.0.0.1:{origin_port}]
-default_pool: origin
+{PERSISTENCE[persistence]}default_pool: origin
 """)
     return cfg
+
+
+def persistence_header(persistence: str, origin_port: int) -> str | None:
+    """The Cookie header wrk sends for "cookie-sticky": the id the switch gives the one server,
+    so each request takes the sticky path (lookup, Cookie rewrite) and no response sets one.
+    "cookie" sends none, so every response inserts Set-Cookie (wrk keeps no cookies)."""
+    if persistence != "cookie-sticky":
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from l7switch.persistence import server_cookie_id
+
+    return f"Cookie: a=1; SRVID={server_cookie_id('origin', f'127.0.0.1:{origin_port}')}"
 
 
 def l7switch_cmd(config: Path) -> list[str]:

@@ -29,6 +29,8 @@ import benchlib as bl
 
 ALL_PROXIES = ("direct", "haproxy", "nginx", "l7switch")
 SCHEDULER = "rr"  # the l7switch pool's scheduler (--scheduler)
+PERSISTENCE = "none"  # the l7switch pool's persistence (--persistence)
+WRK_HEADER: str | None = None  # a header every wrk request carries (--persistence cookie-sticky)
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
@@ -117,7 +119,7 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
-        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER))
+        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE))
     print(f"# start {name}: {shlex.join(cmd)}", file=sys.stderr)
     try:
         proc = procs.start(name, cmd)
@@ -183,6 +185,8 @@ def run_wrk(wrk: str, url: str, conns: int, threads: int, seconds: int, latency:
             ) -> tuple[str, str | None]:
     """Run wrk bounded in time; returns (stdout, error)."""
     cmd = [wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds}s"] + (["--latency"] if latency else []) + [url]
+    if WRK_HEADER:
+        cmd[1:1] = ["-H", WRK_HEADER]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=seconds + 20)
@@ -299,11 +303,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT_DIR / "results.md", help="markdown output file")
     ap.add_argument("--scheduler", default="rr",
                     help="l7switch pool scheduler (default rr); e.g. chash or lblc to price a keyed pick")
+    ap.add_argument("--persistence", default="none", choices=sorted(bl.PERSISTENCE),
+                    help="l7switch pool persistence (default none): cookie = insert, every response "
+                    "sets it (wrk keeps no cookies); cookie-sticky = wrk sends the cookie; source")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs/logs temp dir for inspection")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output")
     args = ap.parse_args()
-    global SCHEDULER
+    global SCHEDULER, PERSISTENCE, WRK_HEADER
     SCHEDULER = args.scheduler
+    PERSISTENCE = args.persistence
 
     sizes = [s for s in args.sizes.split(",") if s]
     proxies = [p for p in args.proxies.split(",") if p]
@@ -327,6 +335,7 @@ def main() -> int:
     try:
         origin_port = bl.start_origin(procs, args.tmp, tools["nginx"])
         origin_pid = procs.procs[0][1].pid
+        WRK_HEADER = bl.persistence_header(PERSISTENCE, origin_port)
         # Start every proxy up front; idle ones cost ~nothing and this keeps the
         # order of measurements simple. A proxy that fails is reported, not fatal.
         started: dict[str, tuple[int, int]] = {}

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import PoolSpec
     from .keys import KeyFunction
+    from .persistence import Persistence
     from .rules import RequestView
     from .schedulers import Scheduler
+    from .store import Tables
 
 # Weight of the newest sample in the response-time moving average; 1/8 is TCP's SRTT gain
 # (RFC 6298 §2.3, alpha = 1/8).
@@ -81,11 +83,16 @@ class Server:
 class ServerPool:
     """A named group of real servers plus the scheduler that picks among them."""
 
-    __slots__ = ("name", "servers", "scheduler", "spec", "created", "keyfn")
+    __slots__ = ("name", "servers", "scheduler", "spec", "created", "keyfn", "persistence")
 
-    def __init__(self, spec: PoolSpec, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, spec: PoolSpec, clock: Callable[[], float] = time.monotonic,
+                 tables: Tables | None = None) -> None:
+        """``tables`` holds persistence tables (the switch's, kept across reloads); a pool built
+        without them (``explain``, tests) gets empty ones of its own."""
         from .keys import key_function
+        from .persistence import build
         from .schedulers import create
+        from .store import Tables
 
         self.name = spec.name
         self.spec = spec
@@ -97,6 +104,9 @@ class ServerPool:
         #: Computes the request key when the scheduler uses one (None: the request is not looked at).
         self.keyfn: KeyFunction | None = (
             key_function(opts["hash_key"], opts["trust_forwarded"]) if "hash_key" in opts else None)
+        #: Asked before the scheduler when set (persistence.py); None costs nothing per request.
+        self.persistence: Persistence | None = build(
+            spec, self.servers, tables if tables is not None else Tables())
         self.created = time.monotonic()
 
     def key_of(self, view: RequestView, client: str) -> str | None:
@@ -143,9 +153,11 @@ class ServerPool:
             self.scheduler.on_weight(server)
 
     def snapshot(self) -> dict[str, Any]:
+        persist = self.persistence
         return {
             "name": self.name, "scheduler": self.scheduler.snapshot(),
             "servers": [s.snapshot() for s in self.servers],
+            "persistence": persist.snapshot() if persist is not None else None,
         }
 
     def __repr__(self) -> str:
@@ -156,23 +168,33 @@ class ServerPool:
 
 
 def explain_choice(spec: PoolSpec, view: RequestView, client: str) -> list[str]:
-    """Lines for ``l7switch explain``: what the pool's scheduler keys on for this request and
-    which server it would pick first on a fresh, idle pool (a pure computation, no sockets)."""
+    """Lines for ``l7switch explain``: what the pool's scheduler keys on for this request, which
+    server it would pick first on a fresh, idle pool, and which persistence applies (a pure
+    computation, no sockets; a source table is empty here, it is filled at run time)."""
     from .keys import describe
 
     pool = ServerPool(spec)
     sched = pool.scheduler
     opts = sched.opts
-    if pool.keyfn is None:
-        return [f"key: none ({sched.name} does not look at the request)"]
     key = pool.key_of(view, client)
-    what = describe(opts["hash_key"], opts["trust_forwarded"])
-    if key is None:
-        return [f"key: {what} -> absent; {sched.name} balances this request by load instead"]
-    server = pool.pick(key)
-    lines = [f"key: {what} -> {key!r} (hash_key: {opts['hash_key']})"]
-    if server is not None:
-        named = f" ({server.name})" if server.name != server.address else ""
-        lines.append(f"first pick on an idle pool: {server.address}{named}")
+    server = pool.pick(key)  # once: rr and wrr move on with every pick
+    if pool.keyfn is None:
+        lines = [f"key: none ({sched.name} does not look at the request)"]
+    elif key is None:
+        what = describe(opts["hash_key"], opts["trust_forwarded"])
+        lines = [f"key: {what} -> absent; {sched.name} balances this request by load instead"]
+    else:
+        what = describe(opts["hash_key"], opts["trust_forwarded"])
+        lines = [f"key: {what} -> {key!r} (hash_key: {opts['hash_key']})"]
+        if server is not None:
+            named = f" ({server.name})" if server.name != server.address else ""
+            lines.append(f"first pick on an idle pool: {server.address}{named}")
+    persist = pool.persistence
+    if persist is not None:
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in view.headers]
+        lines.extend(persist.explain(headers, client, server))
+    elif spec.persistence is not None:  # ssl_session
+        lines.append(f"persistence: {spec.persistence.method} (decided on the TLS ClientHello by a "
+                     "tls-passthrough listener, not per HTTP request)")
     return lines
 

@@ -63,6 +63,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 1
     from .backends import explain_choice
 
+    if not config.default_pool:  # only tls-passthrough listeners: no rules route HTTP here
+        print(f"{args.file}: no http listener; tls-passthrough listeners route by SNI, not by URL",
+              file=sys.stderr)
+        return 1
     view = RequestView.from_url(args.method, args.url, list(args.headers))
     print(config.router.explain(view, config.pools))
     _, pool = config.router.route(view)

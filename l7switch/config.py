@@ -19,6 +19,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from . import rules as R
 from .errors import ConfigError, ConfigIssue
+from .config_persist import check_cookie_names, parse_persistence, server_cookie
 from .schedulers import SCHEDULERS
 from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duration, expect, integer,
                         is_null, kind, mapping, nonempty_text, parse_address, parse_duration,
@@ -129,8 +130,8 @@ class Config:
 # ---- the walk ---------------------------------------------------------------------------------------
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice")
-POOL_KEYS = ("scheduler", "scheduler_options", "servers")
-SERVER_KEYS = ("address", "weight", "name")
+POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence")
+SERVER_KEYS = ("address", "weight", "name", "cookie")
 RULE_KEYS = ("name", "match", "pool")
 MATCH_KEYS = ("path_prefix", "path_regex", "extension", "host", "method", "header", "cookie",
               "query", "any", "all", "not")
@@ -166,7 +167,8 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         issues.add(root, f"top level: expected a mapping with listen, pools and default_pool, "
                    f"found {kind(root)}")
         raise ConfigError(issues.sorted())
-    top = mapping(root, "", issues, TOP_KEYS, required=("listen", "pools", "default_pool")) or {}
+    # default_pool is required only where HTTP is routed: checked once the listeners are read.
+    top = mapping(root, "", issues, TOP_KEYS, required=("listen", "pools")) or {}
 
     def section(key: str, fn: Callable[[Node, Issues], Any], default: Any) -> Any:
         entry = top.get(key)
@@ -174,7 +176,8 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
             return default
         return fn(entry[1], issues)
 
-    listeners = _listeners(top["listen"][1], issues) if "listen" in top else ()
+    from .config_listen import Listen, check_pool_use, parse_listen  # it imports this module's specs
+    listen = parse_listen(top["listen"][1], issues, filename) if "listen" in top else Listen(http=True)
     pools, pool_names = section("pools", _pools, ({}, []))
     if "pools" in top:
         pnode = top["pools"][1]
@@ -188,6 +191,11 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         if default_pool and pool_names and default_pool not in pool_names:
             issues.add(node, f"default_pool: unknown pool {default_pool!r}"
                        f"{did_you_mean(default_pool, pool_names, 'defined pools')}")
+    elif listen.http:
+        issues.add(root, "missing required key 'default_pool'")
+    check_pool_use(listen, pools, pool_names, top["pools"][1] if "pools" in top else None,
+                   [(r.pool, f"rule #{r.index + 1} (line {r.line})") for r in rule_list]
+                   + ([(default_pool, "default_pool")] if default_pool else []), issues)
     timeouts = section("timeouts", _timeouts, Timeouts())
     limits = section("limits", _limits, Limits())
     upstream = section("upstream", _upstream, UpstreamSpec())
@@ -195,37 +203,10 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     if issues:
         raise ConfigError(issues.sorted())
     return Config(
-        path=filename, listeners=tuple(listeners), pools=types.MappingProxyType(pools),
+        path=filename, listeners=tuple(listen.specs), pools=types.MappingProxyType(pools),
         router=R.Router(rule_list, default_pool), default_pool=default_pool, timeouts=timeouts,
         limits=limits, upstream=upstream, splice=splice,
     )
-
-
-def _listeners(node: Node, issues: Issues) -> list[ListenerSpec]:
-    if is_null(node) or (isinstance(node, SequenceNode) and not node.value):
-        issues.add(node, "listen: expected at least one listener, e.g. '- address: 127.0.0.1:8080'")
-        return []
-    if not expect(node, SequenceNode, "listen", issues):
-        return []
-    out: list[ListenerSpec] = []
-    seen: dict[tuple[str, int], int] = {}
-    for i, item in enumerate(node.value):
-        path = f"listen[{i}]"
-        addr_node = item
-        if not isinstance(item, ScalarNode):  # mapping form: {address: host:port}
-            m = mapping(item, path, issues, ("address",), required=("address",))
-            if m is None or "address" not in m:
-                continue
-            addr_node, path = m["address"][1], f"{path}.address"
-        addr = address(addr_node, path, issues)
-        if addr is None:
-            continue
-        if addr[1] != 0 and addr in seen:
-            issues.add(addr_node, f"{path}: duplicate listener {addr_node.value!r} "
-                       f"(first at line {seen[addr]})")
-        seen.setdefault(addr, addr_node.start_mark.line + 1)
-        out.append(ListenerSpec(*addr))
-    return out
 
 
 def _pools(node: Node, issues: Issues) -> tuple[dict[str, PoolSpec], list[str]]:
@@ -239,6 +220,7 @@ def _pools(node: Node, issues: Issues) -> tuple[dict[str, PoolSpec], list[str]]:
         spec = _pool(name, key, value, issues)
         if spec is not None:
             pools[name] = spec
+    check_cookie_names(pools, entries, issues)
     return pools, list(entries)
 
 
@@ -285,9 +267,12 @@ def _pool(name: str, key: Node, node: Node, issues: Issues) -> PoolSpec | None:
         where = onode[0] if onode is not None else m["scheduler"][0] if "scheduler" in m else key
         for problem in cls.check(full, len(servers)):
             issues.add(where, f"{path}.scheduler_options: {problem}")
+    persistence = None
+    if "persistence" in m:  # after the servers: cookie ids are checked against them
+        persistence = parse_persistence(m["persistence"][1], f"{path}.persistence", name, servers, issues)
     if len(issues) != n_before:
         return None
-    return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options))
+    return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options), persistence)
 
 
 def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpec]:
@@ -298,9 +283,10 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
         return []
     out: list[ServerSpec] = []
     names: dict[str, int] = {}
+    cookies: dict[str, int] = {}  # explicit persistence cookie values -> line
     for i, item in enumerate(node.value):
         ipath = f"{path}[{i}]"
-        weight, name, name_node = 1, None, item
+        weight, name, name_node, cookie = 1, None, item, None
         if isinstance(item, ScalarNode):  # short form: "host:port"
             addr_node, apath = item, ipath
         else:
@@ -315,6 +301,10 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
                 name = nonempty_text(name_node, f"{ipath}.name", issues, "a server name")
                 if name is None:
                     continue
+            if "cookie" in m:
+                cookie = server_cookie(m["cookie"][1], f"{ipath}.cookie", issues, cookies)
+                if cookie is None:
+                    continue
         addr = address(addr_node, apath, issues)
         if addr is None or weight is None:
             continue
@@ -324,7 +314,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
                        f"(first at line {names[name]})")
             continue
         names[name] = name_node.start_mark.line + 1
-        out.append(ServerSpec(name, addr[0], addr[1], weight))
+        out.append(ServerSpec(name, addr[0], addr[1], weight, cookie))
     return out
 
 

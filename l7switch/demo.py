@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ListenerSpec, PoolSpec, load_config
+from .config import Config, PoolSpec, load_config
 from .errors import ConfigError
 from .origin import Handler, OriginRequest, OriginResponse, OriginServer, standard_handler
 
@@ -205,9 +205,9 @@ async def start_demo(config_path: str | Path = DEMO_CONFIG, *, ephemeral: bool =
         # Config objects are frozen; a rewritten copy is a new Config, exactly as a reload is.
         listeners = config.listeners
         if ephemeral:
-            listeners = tuple(ListenerSpec(lst.host, 0) for lst in listeners)
+            listeners = tuple(dataclasses.replace(lst, port=0) for lst in listeners)
         elif port is not None:
-            listeners = tuple(ListenerSpec(lst.host, port) for lst in listeners)
+            listeners = tuple(dataclasses.replace(lst, port=port) for lst in listeners)
         config = dataclasses.replace(config, listeners=listeners,
                                      pools=types.MappingProxyType(pools))
         switch = Switch(config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -36,6 +36,7 @@ class ClientConnection(asyncio.Protocol):
         "switch", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "closing_after",
         "pending_error", "tunnel", "drain_waiters", "closed", "requests", "in_trailers", "feeding",
+        "tls", "relay_to",
     )
 
     def __init__(self, switch: Switch, proto: bytes = b"http") -> None:
@@ -61,6 +62,8 @@ class ClientConnection(asyncio.Protocol):
         self.requests = 0
         self.in_trailers = False
         self.feeding = False  # inside parser.feed_data (callbacks may run)
+        self.tls = False  # TLS terminated here: the socket carries ciphertext, so nothing splices it
+        self.relay_to: Any = None  # a tunnel over TLS: the UpstreamConnection our bytes go to
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,6 +71,8 @@ class ClientConnection(asyncio.Protocol):
         self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
+        if transport.get_extra_info("ssl_object") is not None:
+            self.tls, self.proto = True, b"https"  # the proto is what X-Forwarded-Proto says
         self.deadline = time.monotonic() + self.switch.config.timeouts.client
         self.switch.clock.watch(self)
         self.switch.clients.add(self)
@@ -75,6 +80,9 @@ class ClientConnection(asyncio.Protocol):
             self.closing_after = True
 
     def data_received(self, data: bytes) -> None:
+        if self.relay_to is not None:
+            self.relay_to.write(data)  # an Upgrade tunnel over TLS (handoff.py): decrypted bytes
+            return
         if self.tunnel is not None or self.closed:
             # uvloop ignores pause_reading() issued in some states; hold tunnel bytes.
             if self.tunnel is not None:
@@ -138,6 +146,8 @@ class ClientConnection(asyncio.Protocol):
         ex.after_client_feed()
 
     def eof_received(self) -> bool | None:
+        if self.tls:
+            return None  # close_notify: TLS has no half-close, the transport closes either way
         # A client may half-close after its last request (RFC 9112 §9.6); keep the write side
         # open until what it asked for has been answered.
         if self.exchange is not None or self.queue:
@@ -147,6 +157,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.relay_to is not None:
+            self.relay_to.end_relay()  # what we relayed last still reaches the server
         self.switch.clock.unwatch(self)
         self.switch.clients.discard(self)
         for ex in (self.exchange, *self.queue):

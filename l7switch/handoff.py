@@ -1,5 +1,9 @@
 """Handing a connection's bytes to splice(2), and back: the parts of an Exchange that leave Python.
 
+Never on a client connection that terminates TLS (``client.tls``): its socket carries ciphertext,
+which must cross Python to be decrypted or encrypted, so bodies stream as usual and an Upgrade
+tunnel relays in Python (``_python_tunnel``).
+
 A known-length body above ``splice.threshold`` and an Upgrade tunnel cross by ``SpliceJob``
 (splice.py). The hand-off follows uvloop-proxy.md §2.4: pause the source transport, write what
 Python already holds, wait until the destination's write buffer is empty (byte order), splice,
@@ -28,7 +32,8 @@ class SpliceHandoff:
         """Called at the request head: a large known-length body crosses by splice."""
         splice = self.client.switch.config.splice
         cl = self.head.content_length
-        if splice.enabled and cl is not None and cl >= splice.threshold and not self.head.expect_continue:
+        if (splice.enabled and cl is not None and cl >= splice.threshold and not self.head.expect_continue
+                and not self.client.tls):
             self.req_splice_left = cl  # reduced by what the first read already carried
 
     def _start_request_splice(self: Exchange) -> None:
@@ -106,11 +111,14 @@ class SpliceHandoff:
         if self.tunnel_data:
             up.write(self.tunnel_data)
             self.tunnel_data = b""
+        up.deadline = 0.0  # tunnels live until either side closes
+        if client.tls:
+            self._python_tunnel()
+            return
         assert up.flow is not None
         up.flow.pause_reading(SPLICING)
         client.flow.pause_reading(SPLICING)
         client.tunnel = self
-        up.deadline = 0.0  # tunnels live until either side closes
         remaining = [2]
 
         def one_done(moved: int, error: BaseException | None) -> None:
@@ -130,6 +138,21 @@ class SpliceHandoff:
             for job in list(self.jobs):
                 job.start()
         go()
+
+    def _python_tunnel(self: Exchange) -> None:
+        """An Upgrade tunnel over TLS: each side writes what it reads to the other.
+
+        Backpressure is the exchange's usual one (a full write buffer on one side pauses reading
+        on the other: pause_writing in frontend.py and upstream.py). The server closing ends the
+        tunnel with a graceful close of the client, so bytes still buffered for it are sent
+        (UpstreamConnection.connection_lost); the client closing closes the server connection
+        (client_lost). TLS has no half-close, so the first close ends both directions.
+        """
+        up, client = self.up, self.client
+        assert up is not None
+        client.tunnel = self
+        client.relay_to, up.relay_to = up, client
+        client.flow.resume_reading(SPLICING)  # paused at the upgrade request (frontend.py)
 
 
 def _when_drained(transport: asyncio.BaseTransport, callback: object) -> None:

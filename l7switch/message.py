@@ -26,6 +26,9 @@ HOP_BY_HOP = frozenset({
 # (Envoy's edge guidance: use_remote_address). X-Forwarded-For is appended to, as nginx's
 # $proxy_add_x_forwarded_for does; Proto and Host are replaced.
 OWNED_REQUEST = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-forwarded-for", b"host"})
+# Cookie fields re-written by a pool's persistence: dropped in place, written after the others.
+_COOKIE = frozenset({b"cookie"})
+_DROP_COOKIE = HOP_BY_HOP | _COOKIE
 
 # Upgrade tokens we tunnel (http-safety.md: allow-list; h2c stays out).
 UPGRADE_ALLOWED = frozenset({b"websocket"})
@@ -252,13 +255,17 @@ def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
     return head
 
 
-def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunked: bool) -> bytes:
+def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunked: bool,
+                         cookies: list[bytes] | None = None) -> bytes:
     """The request head for the server: hop-by-hop gone, our X-Forwarded-* and Via added.
 
     Connection-listed fields are removed *before* ours are added, so `Connection:
     X-Forwarded-For` cannot delete what the switch adds (hop-by-hop header abuse).
+    ``cookies`` (persistence.py's edit) replaces the Cookie fields, in order; [] forwards none.
     """
     drop = hop_by_hop(head.headers)
+    if cookies is not None:
+        drop = _DROP_COOKIE if drop is HOP_BY_HOP else drop | _COOKIE
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (head.method, head.target, head.host)]
     xff = None
     for name, value in head.headers:
@@ -269,6 +276,9 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
                 xff = value if xff is None else xff + b", " + value
             continue
         out.append(b"%s: %s\r\n" % (name, value))
+    if cookies is not None:
+        for c in cookies:
+            out.append(b"Cookie: %s\r\n" % c)
     ip = client_ip.encode()
     out.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
     out.append(b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nVia: %s\r\n" % (proto, head.host, VIA))
@@ -283,8 +293,10 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
 
 
 def forward_response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                          framing: bytes, close: bool, upgrade: bytes | None = None) -> bytes:
-    """The response head for the client; ``framing`` is the line(s) we add (CL or TE chunked)."""
+                          framing: bytes, close: bool, upgrade: bytes | None = None,
+                          extra: bytes = b"") -> bytes:
+    """The response head for the client; ``framing`` is the line(s) we add (CL or TE chunked),
+    ``extra`` more complete lines (persistence's Set-Cookie)."""
     drop = hop_by_hop(headers)
     out = [status_line(status, reason)]
     add = out.append
@@ -295,6 +307,8 @@ def forward_response_head(status: int, reason: bytes, headers: list[tuple[bytes,
             add(value)
             add(b"\r\n")
     add(VIA_LINE)
+    if extra:
+        add(extra)
     if upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
     elif close:

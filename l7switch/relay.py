@@ -11,6 +11,10 @@ Outcomes the client sees when a server fails (http-safety.md §3.2, RFC 9110 §1
 refused connect -> one redispatch to another server, else 503; connect or response-head
 timeout -> 504; reset/garbage before a response head -> 502; reset mid-body -> the client
 connection is aborted so it detects the truncation (never padded, never hung).
+
+A pool with persistence is asked before its scheduler (persistence.py decides, ``_start_sticky``
+acts): the server the session names serves while it is up; a refused connect to it moves the
+session like any redispatch, and the response re-sets the cookie for the new server.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from .errors import BadGateway, GatewayTimeout, L7Error, PayloadTooLarge, Servic
 from .flow import HIGH_WATER, PEER_FULL
 from .handoff import SpliceHandoff
 from .message import RequestHead, forward_request_head, forward_response_head, parse_content_length
+from .persistence import REFUSE, STICK
 
 if TYPE_CHECKING:
     from .backends import Server, ServerPool
     from .frontend import ClientConnection
+    from .persistence import Persistence
     from .splice import SpliceJob
     from .upstream import ConnectionPool, UpstreamConnection
 
@@ -43,7 +49,7 @@ class Exchange(SpliceHandoff):
         "to_up", "pending", "pending_size", "req_done", "req_body", "req_splice_left", "attempts",
         "status", "resp_started", "resp_done", "resp_chunked", "resp_close", "resp_eof_framed",
         "resp_splice_left", "to_client", "interim", "no_body", "finished", "jobs",
-        "tunnel_data", "upgrading", "body_sent_up",
+        "tunnel_data", "upgrading", "body_sent_up", "sticky", "sticky_key", "cookies",
     )
 
     def __init__(self, client: ClientConnection, head: RequestHead, pool: ServerPool, route: str,
@@ -79,14 +85,40 @@ class Exchange(SpliceHandoff):
         self.tunnel_data = b""
         self.upgrading = False
         self.body_sent_up = False
+        # Persistence (pools that have it; persistence.py decides): the server the request names,
+        # the table key the choice is recorded under, the Cookie values to forward (None: as is).
+        self.sticky: Server | None = None
+        self.sticky_key: str | None = None
+        self.cookies: list[bytes] | None = None
 
     # ---- request side ---------------------------------------------------------------------------
     def start(self) -> None:
         """Pick a server and get a connection to it (pooled, or a new one)."""
+        persist = self.pool.persistence
+        if persist is not None:
+            self._start_sticky(persist)
+            return
         server = self.pool.pick(self.key)
         if server is None:
             self.fail(ServiceUnavailable(f"no server available in pool '{self.pool.name}'"))
             return
+        self._use(server)
+
+    def _start_sticky(self, persist: Persistence) -> None:
+        """The server the session belongs to if it can serve, else what ``verdict`` says."""
+        self.sticky, self.sticky_key, self.cookies = persist.sticky(self.head.headers, self.client.peer_ip)
+        named = self.sticky
+        verdict = persist.verdict(named)
+        if verdict == REFUSE:
+            assert named is not None
+            self.fail(ServiceUnavailable(f"server '{named.name}' holding this session in pool "
+                                         f"'{self.pool.name}' is down and redispatch is off"))
+            return
+        server = named if verdict == STICK else self.pool.pick(self.key)
+        if server is None:
+            self.fail(ServiceUnavailable(f"no server available in pool '{self.pool.name}'"))
+            return
+        persist.after_pick(server, self.sticky_key)
         self._use(server)
 
     def _use(self, server: Server) -> None:
@@ -127,13 +159,21 @@ class Exchange(SpliceHandoff):
             return  # the client left meanwhile; client_lost already ended the request
         self.pool.end(server)
         self.server = None
-        if refused and self.attempts < 2:
+        persist = self.pool.persistence
+        if refused and self.attempts < 2 and (persist is None or persist.may_leave(self.sticky, server)):
             # HAProxy's `option redispatch`: a refused connection is safe to retry elsewhere,
             # nothing was sent (RFC 9110 §9.2.2's caution is about requests already sent).
             other = self.pool.pick(self.key, exclude=server)
             if other is not None and other is not server:
+                if persist is not None:
+                    # The session moves: the table names the new server, and its response
+                    # re-sets the cookie because the request named another one.
+                    persist.after_pick(other, self.sticky_key)
                 self._use(other)
                 return
+        if refused and persist is not None and not persist.may_leave(self.sticky, server):
+            err = ServiceUnavailable(f"server '{server.name}' holding this session refused the "
+                                     "connection and redispatch is off")
         self.fail(err)
 
     def _attach(self, conn: UpstreamConnection) -> None:
@@ -144,7 +184,8 @@ class Exchange(SpliceHandoff):
             # again, so this server connection must start paused or its body piles up here.
             conn.flow.pause_reading(PEER_FULL)
         conn.deadline = time.monotonic() + self.client.switch.config.timeouts.server
-        head = forward_request_head(self.head, self.client.peer_ip, self.client.proto, self.head.chunked)
+        head = forward_request_head(self.head, self.client.peer_ip, self.client.proto, self.head.chunked,
+                                    self.cookies)
         pending, self.pending = self.pending, None
         if pending:
             self.body_sent_up = True
@@ -245,7 +286,7 @@ class Exchange(SpliceHandoff):
         elif cl is not None:
             framing = b"Content-Length: %d\r\n" % cl
             splice = self.client.switch.config.splice
-            if splice.enabled and cl >= splice.threshold:
+            if splice.enabled and cl >= splice.threshold and not self.client.tls:  # TLS: handoff.py
                 self.resp_splice_left = cl
         else:
             self.resp_eof_framed = True
@@ -263,7 +304,13 @@ class Exchange(SpliceHandoff):
             # this one, or a bad one waiting for its 400, are still to be answered in order.
             self.resp_close = True
         self.resp_started = True
-        self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close))
+        persist = self.pool.persistence
+        if persist is None or server is None:
+            self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close))
+        else:  # Set-Cookie added or edited, still one head and one write
+            extra = persist.response(server, self.sticky, headers)
+            self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close,
+                                                        None, extra))
 
     def response_body(self, data: bytes) -> None:
         if self.no_body or self.resp_done:

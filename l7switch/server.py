@@ -17,6 +17,9 @@ from typing import Any
 from .backends import Server, ServerPool
 from .config import Config
 from .frontend import ClientConnection
+from .persistence import TableSweep
+from .store import Tables
+from .tls import server_context
 from .upstream import ConnectionPool
 
 log = logging.getLogger("l7switch")
@@ -71,11 +74,16 @@ class Clock:
 
 
 class Switch:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, tables: Tables | None = None) -> None:
         self.config = config
-        self.pools: dict[str, ServerPool] = {name: ServerPool(spec) for name, spec in config.pools.items()}
+        # Persistence tables (client address -> server...): a reload hands the old switch's over,
+        # so sessions survive it (store.py).
+        self.tables = tables if tables is not None else Tables()
+        self.pools: dict[str, ServerPool] = {
+            name: ServerPool(spec, tables=self.tables) for name, spec in config.pools.items()}
         t = config.timeouts
         self.clock = Clock(max(0.05, min(1.0, min(t.connect, t.server, t.client, t.header) / 4)))
+        self.clock.watch(TableSweep(self.tables, time.monotonic()))
         self.cpools: dict[Server, ConnectionPool] = {
             s: ConnectionPool(s, config.upstream.max_idle, config.upstream.idle_timeout, self.clock)
             for pool in self.pools.values() for s in pool.servers
@@ -92,8 +100,18 @@ class Switch:
         self.loop = asyncio.get_running_loop()
         try:
             for lst in self.config.listeners:
+                factory: Callable[[], asyncio.Protocol] = lambda: ClientConnection(self)  # noqa: E731
+                tls: dict[str, Any] = {}
+                if lst.mode == "tls-passthrough":
+                    from .passthrough import PassthroughConnection
+                    factory = lambda lst=lst: PassthroughConnection(self, lst)  # noqa: E731
+                elif lst.tls is not None:
+                    # One context per listener, built here once; the handshake must finish within
+                    # the header timeout, as the request head must (slowloris on the handshake).
+                    tls = {"ssl": server_context(lst.tls),
+                           "ssl_handshake_timeout": self.config.timeouts.header}
                 srv = await self.loop.create_server(
-                    lambda: ClientConnection(self), lst.host, lst.port, backlog=BACKLOG, reuse_address=True)
+                    factory, lst.host, lst.port, backlog=BACKLOG, reuse_address=True, **tls)
                 self.servers.append(srv)
                 for sock in srv.sockets:
                     self.addresses.append(sock.getsockname()[:2])

@@ -31,7 +31,7 @@ MAX_RESPONSE_HEADERS = 101
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("transport", "flow", "parser", "server", "cpool", "exchange", "deadline", "reused",
-                 "headers", "keep_alive", "closed", "got_bytes", "clock", "drain_waiters")
+                 "headers", "keep_alive", "closed", "got_bytes", "clock", "drain_waiters", "relay_to")
 
     def __init__(self, server: Server, cpool: ConnectionPool) -> None:
         self.server = server
@@ -48,6 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False  # any byte of the current response seen
         self.clock = cpool.clock
         self.drain_waiters: list = []
+        self.relay_to: Any = None  # an Upgrade tunnel to a TLS client: the ClientConnection (handoff.py)
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,6 +58,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.clock.watch(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.relay_to is not None:
+            self.relay_to.write(data)
+            return
         ex = self.exchange
         if ex is None:
             # Bytes from a server nobody asked anything of: the connection is in doubt.
@@ -84,6 +88,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.clock.unwatch(self)
         self.cpool.discard(self)
         ex = self.exchange
+        if self.relay_to is not None and ex is not None:
+            # The end of a tunnel over TLS: close the client gracefully so what is still
+            # buffered for it is sent (upstream_lost would abort, dropping that buffer).
+            self.relay_to.relay_to = self.relay_to = self.exchange = None
+            ex._abort_both(graceful=exc is None)
+            return
         if ex is not None:
             self.exchange = None
             ex.upstream_lost(exc)
@@ -148,6 +158,15 @@ class UpstreamConnection(asyncio.Protocol):
     def writelines(self, data: list[bytes]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(data)
+
+    def end_relay(self) -> None:
+        """The TLS client of a tunnel is gone: send the server what is buffered, then close."""
+        self.relay_to = None
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.up = None  # so the exchange's teardown does not abort us
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def close(self) -> None:
         self.exchange = None

@@ -237,7 +237,7 @@ ERROR_CASES = [
     (MINIMAL.replace("listen: [{address: 127.0.0.1:8080}]", "listen:"),
      "f.yaml:1:8: listen: expected at least one listener, e.g. '- address: 127.0.0.1:8080'"),
     (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{address: 127.0.0.1:8080, port: 80}]"),
-     "f.yaml:1:36: listen[0]: unknown key 'port'; expected one of: address"),
+     "f.yaml:1:36: listen[0]: unknown key 'port'; expected one of: address, default_pool, mode, sni, tls"),
     (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{}]"),
      "f.yaml:1:10: listen[0]: missing required key 'address'"),
     (MINIMAL.replace("{servers: [127.0.0.1:9001]}", "{servers: []}"),
