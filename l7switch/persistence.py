@@ -83,13 +83,13 @@ _WS = b" \t"
 
 
 @functools.lru_cache(maxsize=None)
-def _cookie_patterns(name: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
-    """For cookie ``name``: a pair (group 1: its raw value), and a prefixed pair up to its '~'
-    (group 1: what stays). A pair starts the field or follows ';', so "XNAME=" and "a=NAME="
-    never count; ``[^;]`` keeps every match inside its own pair."""
+def _cookie_patterns(name: bytes) -> tuple[re.Pattern[bytes], re.Pattern[bytes], bytes]:
+    """For cookie ``name``: its pair with the ';' before it (group 1: the raw value), its pair up
+    to the first '~' (group 1: what stays), and "NAME=". A pair starts the field or follows ';',
+    so "XNAME=" and "a=NAME=" never count; ``[^;]`` keeps a match inside its own pair."""
     n = re.escape(name)
     return (re.compile(rb"(?:^|;)[ \t]*" + n + rb"=([^;]*)"),
-            re.compile(rb"((?:^|;)[ \t]*" + n + rb'=[ \t]*"?)[^;~]*~'))
+            re.compile(rb"((?:^|;)[ \t]*" + n + rb'=[ \t]*"?)[^;~]*~'), name + b"=")
 
 
 def edit_cookie_field(field: bytes, name: bytes, mode: str) -> tuple[bool, bytes | None, bytes]:
@@ -99,16 +99,22 @@ def edit_cookie_field(field: bytes, name: bytes, mode: str) -> tuple[bool, bytes
     rewrite take its value (quotes removed); prefix the part before the first ``~``, or None
     when there is none. Insert drops every NAME pair (HAProxy ``indirect``), prefix strips
     ``<id>~`` from each, rewrite changes nothing. Only those bytes change: the other pairs are
-    never split or rejoined (two regex passes in C also keep a browser's 30-cookie field cheap).
+    never split or rejoined, and a regex search in C keeps a browser's 30-cookie field cheap.
     The value comes back as the same object when nothing changed, and b"" when no pair is left.
     """
-    pair, prefixed = _cookie_patterns(name)
+    pair, prefixed, needle = _cookie_patterns(name)
     m = pair.search(field)
     if m is None:
         return False, None, field
-    value = _unquote(m.group(1).strip(_WS))[0]
+    value = m.group(1).strip(_WS)
+    if len(value) >= 2 and value[0] == 34 == value[-1]:  # RFC 6265 §4.1.1: DQUOTE ... DQUOTE
+        value = value[1:-1]
     if mode == INSERT:
-        new = pair.sub(b"", field).strip(_WS)
+        start, end = m.span()
+        if field.find(needle, end) < 0:  # the usual single pair: cut it out (with its ';')
+            new = (field[:start] + field[end:]).strip(_WS)
+        else:
+            new = pair.sub(b"", field).strip(_WS)
         if new[:1] == b";":  # the first pair went: drop the separator after it
             new = new[1:].lstrip(_WS)
         return True, value, new
