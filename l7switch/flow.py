@@ -47,10 +47,20 @@ class FlowControl:
         return f"<FlowControl paused_for={self.paused_for:#x} writable={self.writable}>"
 
 
+def when_drained(transport: asyncio.BaseTransport, callback: object) -> None:
+    """Run ``callback`` once the transport's write buffer is empty (byte order before a splice)."""
+    if transport.get_write_buffer_size() == 0:  # type: ignore[attr-defined]
+        callback()  # type: ignore[operator]
+        return
+    proto = transport.get_protocol()
+    proto.drain_waiters.append(callback)  # type: ignore[attr-defined]
+    transport.set_write_buffer_limits(high=0, low=0)  # type: ignore[attr-defined]
+
+
 def run_drain_waiters(proto: object) -> None:
     """From a protocol's resume_writing: run callbacks waiting for an empty write buffer.
 
-    relay._when_drained lowers the high-water mark to 0 so resume_writing fires exactly when
+    when_drained lowers the high-water mark to 0 so resume_writing fires exactly when
     the buffer is empty (uvloop-proxy.md §2.4 step 4); the default mark is restored here.
     """
     waiters = proto.drain_waiters  # type: ignore[attr-defined]

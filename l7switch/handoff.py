@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .flow import SPLICING
+from .flow import SPLICING, when_drained
 from .splice import SpliceJob
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class SpliceHandoff:
             job = SpliceJob(self.client.switch.loop, src, dst, nbytes, done)
             self.jobs.append(job)
             job.start()
-        _when_drained(dst, go)
+        when_drained(dst, go)
 
     def _response_spliced(self: Exchange, moved: int, error: BaseException | None) -> None:
         up = self.up
@@ -130,7 +130,7 @@ class SpliceHandoff:
             if self.finished or up.transport is None or client.transport is None:
                 return
             if up.transport.get_write_buffer_size() or client.transport.get_write_buffer_size():
-                _when_drained(up.transport if up.transport.get_write_buffer_size() else client.transport, go)
+                when_drained(up.transport if up.transport.get_write_buffer_size() else client.transport, go)
                 return
             loop = client.switch.loop
             self.jobs = [SpliceJob(loop, client.transport, up.transport, None, one_done),
@@ -153,13 +153,3 @@ class SpliceHandoff:
         client.tunnel = self
         client.relay_to, up.relay_to = up, client
         client.flow.resume_reading(SPLICING)  # paused at the upgrade request (frontend.py)
-
-
-def _when_drained(transport: asyncio.BaseTransport, callback: object) -> None:
-    """Run ``callback`` once the transport's write buffer is empty (byte order before a splice)."""
-    if transport.get_write_buffer_size() == 0:  # type: ignore[attr-defined]
-        callback()  # type: ignore[operator]
-        return
-    proto = transport.get_protocol()
-    proto.drain_waiters.append(callback)  # type: ignore[attr-defined]
-    transport.set_write_buffer_limits(high=0, low=0)  # type: ignore[attr-defined]

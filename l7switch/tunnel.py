@@ -21,7 +21,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .flow import PEER_FULL, SPLICING, WAITING, FlowControl, run_drain_waiters
-from .handoff import _when_drained
+from .flow import when_drained
 from .splice import SpliceJob
 from .upstream import set_nodelay
 
@@ -60,7 +60,7 @@ class TunnelEnds:
                 return
             for t in (client, server):
                 if t.get_write_buffer_size():  # byte order: what Python holds goes first
-                    _when_drained(t, go)
+                    when_drained(t, go)
                     return
             loop, done = self.switch.loop, functools.partial
             # A direction whose EOF already went by in Python has nothing left to splice.
@@ -121,7 +121,7 @@ class ServerSide(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl = None  # type: ignore[assignment]
-        self.drain_waiters: list = []  # handoff._when_drained callbacks
+        self.drain_waiters: list = []  # flow.when_drained callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
