@@ -366,3 +366,21 @@ def l7switch_cmd(config: Path) -> list[str]:
     if script.exists():
         return [str(script), "run", "-c", str(config)]
     return [sys.executable, "-m", "l7switch", "run", "-c", str(config)]
+
+
+def run_bounded(cmd: list[str], seconds: float) -> tuple[str, str | None]:
+    """Run a load generator (wrk) that should end after ``seconds``; kill it 20 s later at the
+    latest. Returns (its output, an error or None)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=seconds + 20)
+    except subprocess.TimeoutExpired:
+        return "", f"wrk did not finish within {seconds + 20} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        return text, f"wrk exited {proc.returncode}: {text.strip()[-300:]}"
+    return text, None

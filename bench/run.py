@@ -187,19 +187,7 @@ def run_wrk(wrk: str, url: str, conns: int, threads: int, seconds: int, latency:
     cmd = [wrk, f"-t{threads}", f"-c{conns}", f"-d{seconds}s"] + (["--latency"] if latency else []) + [url]
     if WRK_HEADER:
         cmd[1:1] = ["-H", WRK_HEADER]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=seconds + 20)
-    except subprocess.TimeoutExpired:
-        return "", f"wrk did not finish within {seconds + 20} s"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        return text, f"wrk exited {proc.returncode}: {text.strip()[-300:]}"
-    return text, None
+    return bl.run_bounded(cmd, seconds)
 
 
 def measure(args: argparse.Namespace, wrk: str, size: str, proxy: str, port: int, cpu_pid: int

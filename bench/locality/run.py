@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -108,19 +107,7 @@ def run_wrk(wrk: str, port: int, conns: int, seconds: int, alpha: float, objects
             ) -> tuple[str, str | None]:
     cmd = [wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(ZIPF_LUA),
            f"http://127.0.0.1:{port}", "--", str(alpha), str(objects), str(seed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=seconds + 20)
-    except subprocess.TimeoutExpired:
-        return "", f"wrk did not finish within {seconds + 20} s"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        return text, f"wrk exited {proc.returncode}: {text.strip()[-300:]}"
-    return text, None
+    return bl.run_bounded(cmd, seconds)
 
 
 def wrk_cmdline(args: argparse.Namespace, seconds: int, seed: int) -> str:
