@@ -329,11 +329,12 @@ PERSISTENCE = {
 
 
 def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str = "rr",
-                          persistence: str = "none") -> Path:
+                          persistence: str = "none", tls: tuple[Path, Path, Path] | None = None) -> Path:
     cfg = tmp / "l7switch.yaml"
+    tls_line = f"    tls: {{cert: {tls[0]}, key: {tls[1]}}}\n" if tls else ""
     cfg.write_text(f"""listen:
   - address: 127.0.0.1:{port}
-pools:
+{tls_line}pools:
   origin:
     scheduler: {scheduler}
     servers: [127.0.0.1:{origin_port}]
@@ -384,3 +385,18 @@ def run_bounded(cmd: list[str], seconds: float) -> tuple[str, str | None]:
     if proc.returncode != 0:
         return text, f"wrk exited {proc.returncode}: {text.strip()[-300:]}"
     return text, None
+
+
+def write_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for localhost/127.0.0.1 (trustme, a test dependency):
+    (certificate, key, certificate+key for HAProxy's ``crt``); the CA lands beside as ``.ca``."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    pem, key, both = tmp / "site.pem", tmp / "site.key", tmp / "site-combined.pem"
+    cert.cert_chain_pems[0].write_to_path(str(pem))
+    cert.private_key_pem.write_to_path(str(key))
+    both.write_bytes(pem.read_bytes() + key.read_bytes())
+    ca.cert_pem.write_to_path(str(pem.with_suffix(".ca")))
+    return pem, key, both

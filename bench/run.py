@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import shlex
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,8 @@ SCHEDULER = "rr"  # the l7switch pool's scheduler (--scheduler)
 PERSISTENCE = "none"  # the l7switch pool's persistence (--persistence)
 WRK_HEADER: str | None = None  # a header every wrk request carries (--persistence cookie-sticky)
 OUT_DIR = Path(__file__).resolve().parent / "out"
+#: --tls: (certificate, key, certificate+key) files every proxy terminates TLS with.
+TLS: tuple[Path, Path, Path] | None = None
 
 
 @dataclass
@@ -70,7 +73,7 @@ defaults
   timeout http-keep-alive 30s
 
 frontend fe
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{f" ssl crt {TLS[2]} alpn http/1.1" if TLS else ""}
   default_backend be
 
 backend be
@@ -95,7 +98,8 @@ http {{
     keepalive_requests 100000;
   }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port}{" ssl" if TLS else ""} backlog=4096;
+{f"    ssl_certificate {TLS[0]};{chr(10)}    ssl_certificate_key {TLS[1]};" if TLS else ""}
     location / {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -119,7 +123,7 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
-        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE))
+        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE, TLS))
     print(f"# start {name}: {shlex.join(cmd)}", file=sys.stderr)
     try:
         proc = procs.start(name, cmd)
@@ -139,7 +143,12 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
 def transfer_check(port: int, size: str, expected: bytes) -> str | None:
     """One GET through the proxy: status 200 and byte-identical body."""
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        if TLS:
+            ctx = ssl.create_default_context(cafile=str(TLS[0].with_suffix(".ca")))
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "localhost", port, timeout=10, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", f"/{size}")
         resp = conn.getresponse()
         body = resp.read()
@@ -193,7 +202,7 @@ def run_wrk(wrk: str, url: str, conns: int, threads: int, seconds: int, latency:
 def measure(args: argparse.Namespace, wrk: str, size: str, proxy: str, port: int, cpu_pid: int
             ) -> Row:
     row = Row(size, proxy)
-    url = f"http://127.0.0.1:{port}/{size}"
+    url = f"{'https' if TLS else 'http'}://127.0.0.1:{port}/{size}"
     if err := transfer_check(port, size, (args.tmp / "www" / size).read_bytes()):
         row.errors.append(err)
     if args.warmup > 0:
@@ -294,15 +303,17 @@ def main() -> int:
     ap.add_argument("--persistence", default="none", choices=sorted(bl.PERSISTENCE),
                     help="l7switch pool persistence (default none): cookie = insert, every response "
                     "sets it (wrk keeps no cookies); cookie-sticky = wrk sends the cookie; source")
+    ap.add_argument("--tls", action="store_true",
+                    help="every proxy terminates TLS (a throwaway trustme certificate); no `direct` row")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs/logs temp dir for inspection")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output")
     args = ap.parse_args()
-    global SCHEDULER, PERSISTENCE, WRK_HEADER
+    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS
     SCHEDULER = args.scheduler
     PERSISTENCE = args.persistence
 
     sizes = [s for s in args.sizes.split(",") if s]
-    proxies = [p for p in args.proxies.split(",") if p]
+    proxies = [p for p in args.proxies.split(",") if p and not (args.tls and p == "direct")]
     bad = [s for s in sizes if s not in bl.SIZES] + [p for p in proxies if p not in ALL_PROXIES]
     if bad:
         ap.error(f"unknown size/proxy: {', '.join(bad)}")
@@ -318,6 +329,8 @@ def main() -> int:
     bl.install_sigterm_handler()
     args.tmp = Path(tempfile.mkdtemp(prefix="l7bench-"))
     procs = bl.Procs(args.tmp)
+    if args.tls:
+        TLS = bl.write_tls_files(args.tmp)
     rows: list[Row] = []
     failures: dict[str, str] = {}
     try:
