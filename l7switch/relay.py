@@ -160,18 +160,20 @@ class Exchange(SpliceHandoff):
         self.pool.end(server)
         self.server = None
         persist = self.pool.persistence
-        if refused and self.attempts < 2 and (persist is None or persist.may_leave(self.sticky, server)):
+        # A session pinned to the refusing server with redispatch off may not move.
+        pinned = refused and persist is not None and not persist.may_leave(self.sticky, server)
+        if refused and self.attempts < 2 and not pinned:
             # HAProxy's `option redispatch`: a refused connection is safe to retry elsewhere,
             # nothing was sent (RFC 9110 §9.2.2's caution is about requests already sent).
             other = self.pool.pick(self.key, exclude=server)
-            if other is not None and other is not server:
+            if other is not None:  # pool.pick never returns the excluded server
                 if persist is not None:
                     # The session moves: the table names the new server, and its response
                     # re-sets the cookie because the request named another one.
                     persist.after_pick(other, self.sticky_key)
                 self._use(other)
                 return
-        if refused and persist is not None and not persist.may_leave(self.sticky, server):
+        if pinned:
             err = ServiceUnavailable(f"server '{server.name}' holding this session refused the "
                                      "connection and redispatch is off")
         self.fail(err)
