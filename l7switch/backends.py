@@ -83,7 +83,8 @@ class Server:
 class ServerPool:
     """A named group of real servers plus the scheduler that picks among them."""
 
-    __slots__ = ("name", "servers", "scheduler", "spec", "created", "keyfn", "persistence")
+    __slots__ = ("name", "servers", "scheduler", "spec", "created", "keyfn", "persistence",
+                 "hello_persistence")
 
     def __init__(self, spec: PoolSpec, clock: Callable[[], float] = time.monotonic,
                  tables: Tables | None = None) -> None:
@@ -104,9 +105,13 @@ class ServerPool:
         #: Computes the request key when the scheduler uses one (None: the request is not looked at).
         self.keyfn: KeyFunction | None = (
             key_function(opts["hash_key"], opts["trust_forwarded"]) if "hash_key" in opts else None)
-        #: Asked before the scheduler when set (persistence.py); None costs nothing per request.
-        self.persistence: Persistence | None = build(
-            spec, self.servers, tables if tables is not None else Tables())
+        persist = build(spec, self.servers, tables if tables is not None else Tables())
+        #: Asked before the scheduler for each HTTP request when set (persistence.py: cookie or
+        #: source); None costs nothing per request.
+        self.persistence: Persistence | None = persist if persist is not None and persist.http else None
+        #: Asked on a tls-passthrough connection's ClientHello (ssl_session or source).
+        self.hello_persistence: Persistence | None = (
+            persist if persist is not None and persist.tls_hello else None)
         self.created = time.monotonic()
 
     def key_of(self, view: RequestView, client: str) -> str | None:

@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .flow import PEER_FULL, WAITING, FlowControl, run_drain_waiters
+from .persistence import REFUSE, STICK
 from .tlshello import (ALERT_INTERNAL_ERROR, ALERT_UNRECOGNIZED_NAME, CLIENT_HELLO, MAX_HELLO,
                        NEED_MORE, SERVER_HELLO, BadHello, ClientHello, HelloReader, ServerHello, alert)
 from .tunnel import (CLOSED, CONNECTING, HELLO, RELAY, SPLICE, STATE_NAMES, TO_SERVER, ServerSide,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .config import ListenerSpec
     from .server import Switch
     from .splice import SpliceJob
-    from .store import Store
+    from .persistence import Persistence
 
 log = logging.getLogger("l7switch.passthrough")
 
@@ -72,7 +73,7 @@ class PassthroughConnection(TunnelEnds, asyncio.Protocol):
     """The client side of one passthrough connection; it owns the server side (``ServerSide``)."""
 
     __slots__ = ("switch", "listener", "transport", "flow", "peer_ip", "deadline", "state", "reader",
-                 "pool", "server", "sticky", "key", "attempts", "up", "pending", "store",
+                 "pool", "server", "persist", "named", "sticky_key", "key", "attempts", "up", "pending",
                  "server_reader", "done", "eof_early", "jobs", "drain_waiters", "closed")
 
     def __init__(self, switch: Switch, listener: ListenerSpec) -> None:
@@ -86,12 +87,13 @@ class PassthroughConnection(TunnelEnds, asyncio.Protocol):
         self.reader = HelloReader(CLIENT_HELLO)
         self.pool: ServerPool | None = None
         self.server: Server | None = None  # counted in flight (pool.begin) while set
-        self.sticky = False  # the server came from the session table
+        self.persist: Persistence | None = None  # the pool's persistence (persistence.py), if any
+        self.named: Server | None = None  # the server the session belongs to (up or not)
+        self.sticky_key: str | None = None  # the table key the choice is recorded under
         self.key: str | None = None
         self.attempts = 0
         self.up: ServerSide | None = None
         self.pending: list[bytes] = []  # client bytes held until the server connection is up
-        self.store: Store | None = None  # the ssl_session table, when the pool persists
         self.server_reader: HelloReader | None = None  # watching for the ServerHello
         self.done = 0  # TO_SERVER | TO_CLIENT once each direction's EOF is passed on
         self.eof_early = False  # the client half-closed before the server connection was up
@@ -177,17 +179,22 @@ class PassthroughConnection(TunnelEnds, asyncio.Protocol):
         self.flow.pause_reading(WAITING)
         self.pending = [bytes(self.reader.raw)]
         self.state = CONNECTING
-        server = self.lookup_session(pool, hello)
-        if server is not None and not server.up:
-            # The same verdict as HTTP persistence (persistence.py): a session's server that is
-            # down hands the client to the scheduler unless the pool says redispatch: false.
-            spec = pool.spec.persistence
-            if spec is not None and not spec.redispatch:
-                self.refuse(f"server {server.name} holding this TLS session is down and redispatch "
-                            "is off", ALERT_INTERNAL_ERROR)
+        server: Server | None = None
+        persist = self.persist = pool.hello_persistence
+        if persist is not None:
+            # The same verdicts as HTTP persistence (relay.py): the session's server while it
+            # is up (quiesced too), else the scheduler, or nothing with redispatch: false.
+            if persist.learns_sessions:
+                self.server_reader = HelloReader(SERVER_HELLO)
+            self.named, self.sticky_key = persist.hello_sticky(hello.session_id, self.peer_ip)
+            verdict = persist.verdict(self.named)
+            if verdict == REFUSE:
+                assert self.named is not None
+                self.refuse(f"server {self.named.name} holding this TLS session is down and "
+                            "redispatch is off", ALERT_INTERNAL_ERROR)
                 return
-            server = None
-            self.sticky = False
+            if verdict == STICK:
+                server = self.named
         if server is None:
             # Keyed schedulers hash what a TLS hello can offer: the SNI for hash_key host, the
             # client address for source; any other key is absent and the pick goes by load.
@@ -197,26 +204,9 @@ class PassthroughConnection(TunnelEnds, asyncio.Protocol):
         if server is None:
             self.refuse(f"pool {pool.name}: no server available", ALERT_INTERNAL_ERROR)
             return
+        if persist is not None:
+            persist.after_pick(server, self.sticky_key)
         self.use(server)
-
-    def lookup_session(self, pool: ServerPool, hello: ClientHello) -> Server | None:
-        """The server that issued the session the client resumes (up or not), if known."""
-        spec = pool.spec.persistence
-        if spec is None or spec.method != "ssl_session":
-            return None
-        store = self.store = self.switch.tables.table(f"ssl_session:{pool.name}", spec.max_entries)
-        self.server_reader = HelloReader(SERVER_HELLO)
-        if not hello.session_id:
-            return None
-        sid = hello.session_id.hex()
-        name = store.get(sid)
-        # A server that is up but quiesced (weight 0) still takes its sessions, as HAProxy's
-        # "drain" state keeps persistent connections; route() judges one that is down.
-        server = next((s for s in pool.servers if s.name == name), None) if name else None
-        if server is not None and server.up:
-            store.touch(sid, spec.timeout)  # IPVS-style: the entry lives from the last use
-            self.sticky = True
-        return server
 
     def use(self, server: Server) -> None:
         assert self.pool is not None
@@ -258,14 +248,15 @@ class PassthroughConnection(TunnelEnds, asyncio.Protocol):
         self.release()
         timed_out = isinstance(exc, TimeoutError)
         why = "timed out" if timed_out else f"failed: {exc}"
-        spec = self.pool.spec.persistence
+        persist = self.persist
         # As relay.py: only a refusal is retried (nothing was sent), once; a sticky server is
         # left only when the pool's persistence allows redispatch (HAProxy option redispatch).
         if (isinstance(exc, OSError) and not timed_out and self.attempts < 2
-                and not (self.sticky and spec is not None and not spec.redispatch)):
+                and (persist is None or persist.may_leave(self.named, server))):
             other = self.pool.pick(self.key, exclude=server)
-            if other is not None and other is not server:
-                self.sticky = False
+            if other is not None:
+                if persist is not None:
+                    persist.after_pick(other, self.sticky_key)
                 self.use(other)
                 return
         self.refuse(f"connect to {server.address} {why}", ALERT_INTERNAL_ERROR)
@@ -296,11 +287,11 @@ class PassthroughConnection(TunnelEnds, asyncio.Protocol):
             self.start_splice()
 
     def learn_session(self, hello: ServerHello) -> None:
-        store, up, pool = self.store, self.up, self.pool
-        if store is None or up is None or pool is None or pool.spec.persistence is None:
+        persist, up = self.persist, self.up
+        if persist is None or up is None:
             return
-        if hello.session_id and not hello.tls13:
-            store.set(hello.session_id.hex(), up.server.name, pool.spec.persistence.timeout)
+        if hello.session_id and not hello.tls13:  # TLS 1.3's legacy ID is a random echo
+            persist.learn(hello.session_id, up.server)  # type: ignore[attr-defined]
 
     # ---- called by the clock and the switch ----------------------------------------------------
     def on_deadline(self, now: float) -> None:

@@ -218,6 +218,11 @@ class Persistence:
 
     __slots__ = ("spec", "pool_name", "redispatch", "by_name")
     method = ""
+    #: Decides per HTTP request (relay.py) / on a tls-passthrough ClientHello (passthrough.py).
+    http = True
+    tls_hello = True
+    #: Learns session IDs from ServerHellos (tls-passthrough listeners watch for one if set).
+    learns_sessions = False
 
     def __init__(self, spec: PersistenceSpec, pool_name: str, servers: Sequence[Server]) -> None:
         self.spec = spec
@@ -229,6 +234,12 @@ class Persistence:
         """(the server this request belongs to or None, the table key to record the choice under
         or None, the Cookie field values to forward or None for unchanged)."""
         raise NotImplementedError
+
+    def hello_sticky(self, session_id: bytes, client_ip: str) -> tuple[Server | None, str | None]:
+        """For a tls-passthrough connection, decided on its ClientHello: (the server it belongs
+        to or None, the table key). Methods that need no HTTP header work as for a request."""
+        named, key, _ = self.sticky((), client_ip)
+        return named, key
 
     def verdict(self, named: Server | None) -> int:
         """STICK to ``named``, PICK with the scheduler, or REFUSE (503)."""
@@ -263,6 +274,7 @@ class Persistence:
 class CookiePersistence(Persistence):
     __slots__ = ("name", "mode", "by_id", "ids", "lines", "lines_private")
     method = "cookie"
+    tls_hello = False  # a cookie lives inside the TLS a passthrough listener does not open
 
     def __init__(self, spec: PersistenceSpec, pool_name: str, servers: Sequence[Server],
                  server_specs: Sequence[ServerSpec]) -> None:
@@ -368,9 +380,43 @@ class SourcePersistence(Persistence):
                 f"if that server is down, {self._fallback()}"]
 
 
+class SSLSessionPersistence(Persistence):
+    """ssl_session: the session ID a server issued in its ServerHello -> that server, so a client
+    resuming the session by ID returns to the one server that can resume it (TLS <= 1.2 only;
+    notes/peers.md §2.3). Decided on the ClientHello by passthrough.py; no HTTP request sees it."""
+
+    __slots__ = ("table", "table_name", "timeout")
+    method = "ssl_session"
+    http = False
+    learns_sessions = True
+
+    def __init__(self, spec: PersistenceSpec, pool_name: str, servers: Sequence[Server],
+                 tables: Tables) -> None:
+        super().__init__(spec, pool_name, servers)
+        self.table_name = f"ssl_session:{pool_name}"
+        self.table: Store = tables.table(self.table_name, spec.max_entries)
+        self.timeout = spec.timeout
+
+    def hello_sticky(self, session_id: bytes, client_ip: str) -> tuple[Server | None, str | None]:
+        if not session_id:
+            return None, None
+        sid = session_id.hex()
+        name = self.table.get(sid)
+        server = self.by_name.get(name) if name is not None else None
+        # A server that is up, quiesced (weight 0) too, keeps its sessions, as HAProxy's "drain"
+        # state keeps persistent connections; IPVS-style, the entry lives from the last use.
+        if server is not None and server.up:
+            self.table.touch(sid, self.timeout)
+        return server, sid
+
+    def learn(self, session_id: bytes, server: Server) -> None:
+        """``server``'s ServerHello issued ``session_id`` (the caller skips TLS 1.3 echoes)."""
+        self.table.set(session_id.hex(), server.name, self.timeout)
+
+
 def build(spec: PoolSpec, servers: Sequence[Server], tables: Tables) -> Persistence | None:
-    """The pool's HTTP persistence, or None (none configured, or ssl_session: that one is
-    decided on the ClientHello by a tls-passthrough listener, not per HTTP request)."""
+    """The pool's persistence, or None when it has none (``http`` / ``tls_hello`` say where it
+    applies: ssl_session only on a ClientHello, cookie only on HTTP requests)."""
     p = spec.persistence
     if p is None:
         return None
@@ -378,7 +424,7 @@ def build(spec: PoolSpec, servers: Sequence[Server], tables: Tables) -> Persiste
         return CookiePersistence(p, spec.name, servers, spec.servers)
     if p.method == "source":
         return SourcePersistence(p, spec.name, servers, tables)
-    return None
+    return SSLSessionPersistence(p, spec.name, servers, tables)
 
 
 class TableSweep:

@@ -543,3 +543,15 @@ def test_inflight_counted_for_the_connection_and_graceful_stop_waits(tls_origin,
     s.close()
     stopping.result(5)
     assert server.inflight == 0 and server.conns == 0 and not sw.clients
+
+
+def test_source_persistence_applies_to_passthrough(tls_origin, pt_switch) -> None:
+    """The config accepts source persistence on a passthrough pool (and suggests it for TLS 1.3):
+    one client address keeps reaching one server while rr would alternate, TLS 1.3 included."""
+    a, b = tls_origin("a"), tls_origin("b")
+    sw = pt_switch(passthrough_yaml({"p": [a.port, b.port]}, default_pool="p",
+                                    pool_extra={"p": "persistence: {source: {timeout: 300s}}"}))
+    served = {fetch(sw.port, "api.example.test")[0] for _ in range(4)}
+    assert len(served) == 1
+    assert len(sw.tables.table("source:p")) == 1
+    settle(sw)
