@@ -350,7 +350,7 @@ def persistence_header(persistence: str, origin_port: int) -> str | None:
     if persistence != "cookie-sticky":
         return None
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from l7switch.persistence import server_cookie_id
+    from l7switch.balance.persistence import server_cookie_id
 
     return f"Cookie: a=1; SRVID={server_cookie_id('origin', f'127.0.0.1:{origin_port}')}"
 

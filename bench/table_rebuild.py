@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import uvloop  # noqa: E402
 
-from l7switch.backends import Server  # noqa: E402
-from l7switch.schedulers import create  # noqa: E402
+from l7switch.balance.servers import Server  # noqa: E402
+from l7switch.balance.schedulers import create  # noqa: E402
 
 TICK = 0.001
 

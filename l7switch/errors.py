@@ -11,11 +11,17 @@ from dataclasses import dataclass
 
 
 class L7Error(Exception):
-    """Base class; ``status`` is what a client is told, ``close`` whether framing is in doubt."""
+    """Base class; ``status`` is what a client is told, ``close`` whether framing is in doubt.
+
+    ``detail`` always goes to the log. The client sees it only when ``public``: for faults in
+    its own request (what to fix); what failed behind the switch (a server's name, address or
+    errno) stays in the log, under the request id the client is given.
+    """
 
     status = 500
     reason = "Internal Server Error"
     close = True
+    public = False
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.reason)
@@ -26,22 +32,22 @@ class L7Error(Exception):
 
 class BadRequest(L7Error):
     status, reason = 400, "Bad Request"
+    public = True
 
 
 class RequestTimeout(L7Error):
     status, reason = 408, "Request Timeout"
+    public = True
 
 
 class PayloadTooLarge(L7Error):
     status, reason = 413, "Payload Too Large"
+    public = True
 
 
 class HeadersTooLarge(L7Error):
     status, reason = 431, "Request Header Fields Too Large"
-
-
-class NotImplementedMethod(L7Error):
-    status, reason = 501, "Not Implemented"
+    public = True
 
 
 # ---- server side (a real server failed us) -----------------------------------------------------

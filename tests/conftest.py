@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from helpers import LoopThread  # noqa: E402
 
 from l7switch.config import parse_config  # noqa: E402
-from l7switch.origin import OriginServer, standard_handler  # noqa: E402
-from l7switch.server import Switch  # noqa: E402
+from l7switch.devtools.origin import OriginServer, standard_handler  # noqa: E402
+from l7switch.runtime.switch import Switch  # noqa: E402
 
 
 @pytest.fixture(scope="session")

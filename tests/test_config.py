@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from l7switch.config import (Config, ConfigError, Limits, ListenerSpec, PoolSpec, ServerSpec, SpliceSpec,
-                             Timeouts, UpstreamSpec, load_config, parse_config)
-from l7switch.errors import ConfigIssue
-from l7switch.schedulers import KEY_OPTIONS, SCHEDULERS, Option, Scheduler
-from l7switch.schedulers.base import integer
-from l7switch.yamlnodes import parse_address, parse_duration, parse_size
+from l7switch.config import load_config, parse_config
+from l7switch.errors import ConfigError, ConfigIssue
+from l7switch.spec import Config, Limits, ListenerSpec, PoolSpec, ServerSpec, SpliceSpec, Timeouts, UpstreamSpec
+from l7switch.balance.schedulers import KEY_OPTIONS, SCHEDULERS, Option, Scheduler
+from l7switch.balance.schedulers.base import integer
+from l7switch.config.yamlnodes import parse_address, parse_duration, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,8 +74,8 @@ def test_good_file() -> None:
         ServerSpec("[::1]:9003", "::1", 9003, 0),
     ), types.MappingProxyType({}))
     assert c.pools["images"].scheduler == "rr"
-    assert c.default_pool == "html" and c.router.default_pool == "html"
-    assert [(r.name, r.index, r.pool, r.line) for r in c.router.rules] == [
+    assert c.default_pool == "html" and c.default_pool == "html"
+    assert [(r.name, r.index, r.pool, r.line) for r in c.rules] == [
         ("images", 0, "images", 14), (None, 1, "html", 17)]
     assert c.timeouts == Timeouts(connect=0.25, server=120.0, client=3600.0, header=1.5)
     assert c.limits == Limits(max_header_bytes=65536, max_headers=50, max_body_bytes=1024)
@@ -88,7 +88,7 @@ def test_defaults_and_immutability() -> None:
     assert c.timeouts == Timeouts(5.0, 60.0, 60.0, 10.0)
     assert c.limits == Limits(32768, 100, None)
     assert c.upstream == UpstreamSpec(64, 60.0) and c.splice == SpliceSpec(True, 65536)
-    assert c.router.rules == () and c.path == "<string>"
+    assert c.rules == () and c.path == "<string>"
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.default_pool = "x"  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -101,8 +101,8 @@ def test_yaml_11_words_stay_text() -> None:
     rules = "rules: [{name: yes, match: {header: {X-B: no}}, pool: on}]\n"
     c = parse_config(MINIMAL.replace("web", "on") + rules)
     assert list(c.pools) == ["on"] and c.default_pool == "on"
-    assert c.router.rules[0].name == "yes"
-    assert c.router.rules[0].condition.pattern.pattern == "no"
+    assert c.rules[0].name == "yes"
+    assert c.rules[0].match.pattern.pattern == "no"
 
 
 @pytest.mark.parametrize("value,enabled", [("true", True), ("yes", True), ("On", True),
@@ -113,7 +113,7 @@ def test_booleans(value: str, enabled: bool) -> None:
 
 def test_unlimited_body_and_empty_sections() -> None:
     c = parse_config(MINIMAL + "limits: {max_body_bytes: none}\ntimeouts:\nrules:\n")
-    assert c.limits.max_body_bytes is None and c.timeouts == Timeouts() and c.router.rules == ()
+    assert c.limits.max_body_bytes is None and c.timeouts == Timeouts() and c.rules == ()
 
 
 def test_merge_keys() -> None:
@@ -375,4 +375,4 @@ def test_three_errors_file() -> None:
 def test_shipped_rule_files_load(name: str) -> None:
     c = load_config(ROOT / "rules" / name)
     assert c.pools and c.listeners and c.default_pool in c.pools
-    assert all(r.pool in c.pools for r in c.router.rules)
+    assert all(r.pool in c.pools for r in c.rules)

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import LoopThread, connect, read_response, recv_until_close  # conftest puts tests/ on sys.path
 from l7switch.config import load_config
-from l7switch.demo import DEMO_CONFIG, GIF_1X1, Demo, banner, make_ico, make_png, start_demo
+from l7switch.devtools.demo import DEMO_CONFIG, GIF_1X1, Demo, banner, make_ico, make_png, start_demo
 
 
 @pytest.fixture(scope="module")

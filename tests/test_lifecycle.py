@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from l7switch.origin import OriginServer, standard_handler
+from l7switch.devtools.origin import OriginServer, standard_handler
 from helpers import LoopThread, connect, read_response
 
 
@@ -77,7 +77,7 @@ def test_sigterm_finishes_in_flight_request_then_exits(tmp_path: Path, origin_po
 
 def test_every_listener_serves_and_stop_closes_them_all(origin_port: int) -> None:
     from l7switch.config import parse_config
-    from l7switch.server import Switch
+    from l7switch.runtime.switch import Switch
 
     lt = LoopThread()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from l7switch.errors import BadRequest
-from l7switch.message import (
+from l7switch.http.message import (
     check_request, error_response, forward_request_head, forward_response_head, normalize_path,
 )
 
@@ -96,8 +96,18 @@ def test_chunked_request_is_forwarded_chunked_without_content_length() -> None:
 def test_upgrade_only_for_allowed_tokens_with_connection_upgrade() -> None:
     ok = H + [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
     assert check_request(b"GET", b"/ws", ok, "1.1", True, True).upgrade == b"websocket"
+    # Not on the listener's list: an ordinary request (RFC 9110 §7.8 lets a server ignore Upgrade).
+    assert check_request(b"GET", b"/ws", ok, "1.1", True, True, frozenset()).upgrade is None
+    assert check_request(b"GET", b"/ws", ok, "1.0", True, True).upgrade is None  # ignored in 1.0
+    # h2c never becomes a tunnel, even when listed; its fields are hop-by-hop and go.
+    h2c = H + [(b"connection", b"Upgrade, HTTP2-Settings"), (b"upgrade", b"h2c"),
+               (b"http2-settings", b"AAMAAABkAARAAAAAAAIAAAAA")]
+    head = check_request(b"GET", b"/", h2c, "1.1", True, True, frozenset({b"websocket", b"h2c"}))
+    assert head.upgrade is None
+    out = forward_request_head(head, "1.1.1.1", b"http", False).lower()
+    assert b"upgrade" not in out and b"http2-settings" not in out
     with pytest.raises(BadRequest):
-        check_request(b"GET", b"/", H + [(b"connection", b"Upgrade"), (b"upgrade", b"h2c")], "1.1", True, True)
+        check_request(b"CONNECT", b"example.com:443", H, "1.1", True, True)
 
 
 def test_response_head_rewrites_framing_and_connection() -> None:
@@ -109,7 +119,10 @@ def test_response_head_rewrites_framing_and_connection() -> None:
 
 
 def test_error_response_is_complete_and_short() -> None:
-    out = error_response(503, "no server", close=False)
+    out = error_response(503, "0a1b2c0000000001", close=False)
     head, _, body = out.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"Content-Length: %d" % len(body) in head and b"Connection: close" not in head
+    assert b"X-Request-Id: 0a1b2c0000000001\r\n" in head
+    assert body == b"503 Service Unavailable\nrequest id: 0a1b2c0000000001\n"
+    assert error_response(400, "", "missing Host").endswith(b"\r\n\r\n400 Bad Request: missing Host\n")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import h11
 import pytest
 
-from l7switch.origin import OriginRequest, OriginResponse, OriginServer, pattern_bytes, standard_handler
+from l7switch.devtools.origin import OriginRequest, OriginResponse, OriginServer, pattern_bytes, standard_handler
 from helpers import LoopThread, connect, read_response, recv_until_close  # conftest puts tests/ on sys.path
 
 

@@ -14,8 +14,8 @@ import pytest
 import trustme
 from helpers import connect, recv_until_close
 
-from l7switch import tunnel
-from l7switch.server import Switch
+from l7switch.net import tunnel
+from l7switch.runtime.switch import Switch
 
 NAMES = ["api.example.test", "*.example.test", "example.test", "other.test"]
 CA = trustme.CA()

@@ -10,16 +10,18 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l7switch.backends import ServerPool, explain_choice
-from l7switch.config import ConfigError, PersistenceSpec, PoolSpec, parse_config
-from l7switch.config_persist import parse_persistence
-from l7switch.message import RequestHead, forward_request_head, forward_response_head
-from l7switch.persistence import (PICK, REFUSE, STICK, CookiePersistence, SourcePersistence,
+from l7switch.balance.build import build_pool, explain_choice
+from l7switch.config import parse_config
+from l7switch.errors import ConfigError
+from l7switch.spec import PersistenceSpec, PoolSpec
+from l7switch.config.persist import parse_persistence
+from l7switch.http.message import RequestHead, forward_request_head, forward_response_head
+from l7switch.balance.persistence import (PICK, REFUSE, STICK, CookiePersistence, SourcePersistence,
                                   edit_cookie_field, edit_set_cookie, scan_request_cookies,
                                   server_cookie_id, source_key)
-from l7switch.rules import RequestView
-from l7switch.store import MemoryStore, Tables
-from l7switch.yamlnodes import Issues
+from l7switch.http.rules import RequestView
+from l7switch.balance.store import MemoryStore, Tables
+from l7switch.config.yamlnodes import Issues
 
 PINNED_A1 = "950840a92fe7c263"  # server_cookie_id("app", "a1")
 
@@ -41,7 +43,7 @@ def pool_yaml(persistence: str, servers: str = "[{address: 127.0.0.1:9001, name:
 
 def pool(persistence: str, tables: Tables | None = None, **kw: str) -> ServerPool:
     cfg = parse_config(pool_yaml(persistence, **kw), "t.yaml")
-    return ServerPool(cfg.pools["app"], tables=tables)
+    return build_pool(cfg.pools["app"], tables=tables)
 
 
 def ck(*values: str) -> list[tuple[bytes, bytes]]:
@@ -328,7 +330,7 @@ def test_stale_server_name_in_table_picks_anew() -> None:
 def test_a_pool_without_persistence_has_none() -> None:
     cfg = parse_config(pool_yaml("", extra=""), "t.yaml")
     assert cfg.pools["app"].persistence is None
-    p = ServerPool(cfg.pools["app"])
+    p = build_pool(cfg.pools["app"])
     assert p.persistence is None and p.snapshot()["persistence"] is None
 
 
@@ -345,7 +347,7 @@ def test_ssl_session_is_parsed_but_not_an_http_persistence() -> None:
     spec, found = ssl_session_pool("{ssl_session: {timeout: 30m, max_entries: 30000, redispatch: no}}")
     assert not found and spec.persistence == PersistenceSpec(
         method="ssl_session", timeout=1800.0, max_entries=30000, redispatch=False)
-    assert ServerPool(spec).persistence is None
+    assert build_pool(spec).persistence is None
     assert ssl_session_pool("{ssl_session: {netmask: 24}}")[1] == [
         "f.yaml:1:16: p.ssl_session: unknown key 'netmask'; expected one of: max_entries, "
         "redispatch, timeout"]

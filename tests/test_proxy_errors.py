@@ -10,7 +10,7 @@ import pytest
 from conftest import read_head, rst, simple_config
 from wire import Conn, get
 
-from l7switch.origin import pattern_bytes
+from l7switch.devtools.origin import pattern_bytes
 
 
 def expect_error(port: int, raw: bytes, status: int, closed: bool = True) -> Conn:

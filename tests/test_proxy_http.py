@@ -8,7 +8,7 @@ import hashlib
 from conftest import read_head, simple_config
 from wire import Conn, exchange, get
 
-from l7switch.origin import pattern_bytes
+from l7switch.devtools.origin import pattern_bytes
 
 
 def header_names(doc: dict) -> list[str]:

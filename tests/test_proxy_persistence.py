@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from wire import Conn, get, wait_for
 
-from l7switch.config import ConfigError, load_config
-from l7switch.origin import OriginResponse, standard_handler
-from l7switch.persistence import server_cookie_id
+from l7switch.config import load_config
+from l7switch.errors import ConfigError
+from l7switch.devtools.origin import OriginResponse, standard_handler
+from l7switch.balance.persistence import server_cookie_id
 
 
 def config(ports: list[int], persistence: str, weights: list[int] | None = None,
@@ -188,14 +189,15 @@ def test_redispatch_when_the_sticky_server_is_down(three, switch_factory, lt):
         assert ask(c, cookie=f"SRVID={sid('o1')}").header("x-server") == "o1"
 
 
-def test_no_redispatch_gives_503(three, switch_factory, lt):
+def test_no_redispatch_gives_503(three, switch_factory, lt, caplog):
     sw = switch_factory(config([o.port for o in three], "{cookie: {redispatch: false}}"))
     with Conn(sw.port) as c:
         pool_call(lt, sw, "mark_down", "o1")
         c.send(get("/echo", extra=f"Cookie: SRVID={sid('o1')}\r\n"))
         r = c.response()
         assert r.status == 503
-        assert b"server 'o1' holding this session in pool 'app' is down and redispatch is off" in r.body
+        assert "server 'o1' holding this session in pool 'app' is down and redispatch is off" in caplog.text
+        assert r.header("x-request-id") in caplog.text
     with Conn(sw.port) as c:
         r = ask(c)  # a new session is balanced as usual
         assert r.header("x-server") in ("o0", "o2")
@@ -203,7 +205,7 @@ def test_no_redispatch_gives_503(three, switch_factory, lt):
     with Conn(sw.port) as c:
         c.send(get("/echo", extra=f"Cookie: SRVID={sid('o2')}\r\n"))
         r = c.response()
-        assert r.status == 503 and b"server 'o2' holding this session refused the connection" in r.body
+        assert r.status == 503 and "server 'o2' holding this session refused the connection" in caplog.text
     with Conn(sw.port) as c:
         for _ in range(4):  # no cookie: a refused connect is still retried elsewhere
             assert ask(c).header("x-server") == "o0"
@@ -257,7 +259,7 @@ def test_a_pool_without_persistence_is_unchanged(three, switch_factory, lt):
 def test_tables_survive_a_new_switch(three, switch_factory, lt):
     """A reload builds a new Switch; handed the old one's tables, clients keep their servers."""
     from l7switch.config import parse_config
-    from l7switch.server import Switch
+    from l7switch.runtime.switch import Switch
 
     text = config([o.port for o in three], "{source: {}}")
     sw = switch_factory(text)

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wire import Conn, get, wait_for
 
-from l7switch.message import normalize_path
-from l7switch.origin import OriginResponse
+from l7switch.http.message import normalize_path
+from l7switch.devtools.origin import OriginResponse
 
 SPLICE = 65536  # the default splice threshold
 
@@ -370,7 +370,7 @@ MUTATIONS: dict[str, tuple[bytes, int]] = {
     "HTTP/0.9 line": (b"GET /echo\r\n\r\n", 400),
     "lower-case version": (_valid().replace(b"HTTP/1.1", b"http/1.1", 1), 400),
     "unknown method": (_valid(method="FROB"), 400),
-    "Upgrade h2c": (_valid(method="GET", extra="Connection: Upgrade\r\nUpgrade: h2c\r\n"), 400),
+    "CONNECT": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 400),
     "header section too large": (_valid(extra="X-Big: " + "a" * 40_000 + "\r\n"), 431),
     "too many headers": (_valid(extra="".join(f"X-H{i}: {i}\r\n" for i in range(120))), 431),
     "body over limit (CL)": (_valid(body=b"q" * 5000)[:-5000], 413),

@@ -8,7 +8,7 @@ import collections
 import pytest
 from wire import Conn, get
 
-from l7switch.schedulers import SCHEDULERS
+from l7switch.balance.schedulers import SCHEDULERS
 
 KEYED = sorted(name for name, cls in SCHEDULERS.items() if "hash_key" in cls.options)
 
@@ -106,7 +106,8 @@ def test_a_dead_servers_keys_move_and_the_rest_stay(name, three, switch_factory,
 
 
 def test_scheduler_option_errors_fail_the_load(tmp_path):
-    from l7switch.config import ConfigError, parse_config
+    from l7switch.config import parse_config
+    from l7switch.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         parse_config(pool_config([1, 2], "lard", "{t_low: 70, t_high: 65}"), "f.yaml")

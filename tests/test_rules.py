@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from l7switch.config import parse_config
-from l7switch.rules import (AllOf, Always, Extension, Host, Method, PathPrefix, RequestView, Router,
+from l7switch.http.rules import (AllOf, Always, Extension, Host, Method, PathPrefix, RequestView, Router,
                             Rule)
 
 BASE = """\
@@ -25,16 +25,20 @@ rules:
 """
 
 
+def router(config) -> Router:
+    return Router.from_specs(config.rules, config.default_pool)
+
+
 def view(url: str = "/", method: str = "GET", **headers: str) -> RequestView:
     return RequestView.from_url(method, url, [(k.replace("_", "-"), v) for k, v in headers.items()])
 
 
 def routes_to_hit(match_yaml: str, v: RequestView) -> bool:
     config = parse_config(BASE % match_yaml)
-    rule, pool = config.router.route(v)
+    rule, pool = router(config).route(v)
     assert (rule is not None) == (pool == "hit")
     # route() and explain() must agree, or explain would lie about the proxy.
-    ok, reasons = config.router.rules[0].explain(v)
+    ok, reasons = router(config).rules[0].explain(v)
     assert ok == (pool == "hit"), reasons
     assert reasons
     return pool == "hit"
@@ -137,11 +141,11 @@ rules:
   - {name: second, match: {path_prefix: /x/y}, pool: b}
 default_pool: c
 """)
-    rule, pool = config.router.route(view("/x/y"))
+    rule, pool = router(config).route(view("/x/y"))
     assert (rule.index, rule.label, rule.line, pool) == (0, "#1", 4, "a")
-    rule, pool = config.router.route(view("/z"))
+    rule, pool = router(config).route(view("/z"))
     assert (rule, pool) == (None, "c")
-    rules = config.router.rules
+    rules = router(config).rules
     assert rules[1].label == "second" and rules[1].line == 5
     assert rules[1].matches(view("/x/y/z")) and not rules[1].matches(view("/x"))
 
@@ -219,7 +223,7 @@ default_pool: html
 
 def test_router_explain() -> None:
     config = parse_config(EXPLAIN_CONFIG)
-    report = config.router.explain(view("http://www.example.com/images/logo.png"), config.pools)
+    report = router(config).explain(view("http://www.example.com/images/logo.png"), config.pools)
     lines = report.splitlines()
     assert lines[0] == "request: GET /images/logo.png  (host 'www.example.com')"
     assert lines[1] == "rule #1 'api' (line 7): no match"
@@ -235,14 +239,14 @@ def test_router_explain() -> None:
 
 def test_router_explain_default_pool() -> None:
     config = parse_config(EXPLAIN_CONFIG.replace("  - {match: {}, pool: html}\n", ""))
-    report = config.router.explain(view("/other"))
+    report = router(config).explain(view("/other"))
     assert report.splitlines()[-1] == "decision: no rule matched -> default pool 'html'"
     assert Router((), "web").explain(view("/")).endswith("decision: no rules -> default pool 'web'")
 
 
 def test_rule_explain_reasons() -> None:
     config = parse_config(BASE % "{any: [{method: POST}, {query: {beta: on}}], path_regex: '\\.php$'}")
-    ok, reasons = config.router.rules[0].explain(view("/x.php?beta=on"))
+    ok, reasons = router(config).rules[0].explain(view("/x.php?beta=on"))
     assert ok
     assert reasons == [
         "any of 2: one holds",

@@ -6,8 +6,8 @@ import collections
 
 import pytest
 
-from l7switch.backends import Server
-from l7switch.schedulers import SCHEDULERS, Scheduler, create, register
+from l7switch.balance.servers import Server
+from l7switch.balance.schedulers import SCHEDULERS, Scheduler, create, register
 
 
 def servers(*weights: int) -> list[Server]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from l7switch.store import MemoryStore, Tables
+from l7switch.balance.store import MemoryStore, Tables
 
 
 class FakeClock:

@@ -17,9 +17,10 @@ import pytest
 import trustme
 from wire import Conn, get, wait_for
 
-from l7switch.config import ConfigError, load_config, parse_config
-from l7switch.origin import pattern_bytes
-from l7switch.tls import cert_names
+from l7switch.config import load_config, parse_config
+from l7switch.errors import ConfigError
+from l7switch.devtools.origin import pattern_bytes
+from l7switch.net.tls import cert_names
 
 
 @pytest.fixture(scope="module")
@@ -428,7 +429,7 @@ def test_no_ssl_state_leaks_between_connections(pki, https, lt):
 
 
 def test_cli_check_and_explain_with_tls_and_passthrough_listeners(pki, tmp_path, capsys):
-    from l7switch.cli import main
+    from l7switch.cli.main import main
     d = pki[1]
     tls = tmp_path / "tls.yaml"
     tls.write_text("listen:\n  - address: 127.0.0.1:8443\n"

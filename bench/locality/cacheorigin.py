@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from l7switch.origin import OriginRequest, OriginResponse, OriginServer  # noqa: E402
+from l7switch.devtools.origin import OriginRequest, OriginResponse, OriginServer  # noqa: E402
 
 JSON = [("Content-Type", "application/json")]
 

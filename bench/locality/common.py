@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from l7switch.schedulers import SCHEDULERS  # noqa: E402
+from l7switch.balance.schedulers import SCHEDULERS  # noqa: E402
 
 #: Every label in table order (sh is left out on purpose: it keys on the client address, and all
 #: our traffic comes from one client, so in the real bench it sends everything to one server).

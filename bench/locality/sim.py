@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as cm  # noqa: E402  (also puts the repo root on sys.path)
 
-from l7switch.backends import Server  # noqa: E402
-from l7switch.schedulers import create  # noqa: E402
+from l7switch.balance.servers import Server  # noqa: E402
+from l7switch.balance.schedulers import create  # noqa: E402
 
 
 # --------------------------------------------------------------------------- workload

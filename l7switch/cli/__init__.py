@@ -1,0 +1,1 @@
+"""The ``l7switch`` command (main.py)."""

@@ -1,0 +1,134 @@
+"""The ``l7switch`` command: run, check, explain, demo.
+
+Exit codes: 0 success, 1 a rule file with problems (each printed as FILE:LINE:COL: message,
+the format editors and CI annotators jump to), 2 bad command-line usage (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..balance.build import explain_choice
+from ..config import load_config
+from ..errors import ConfigError
+from ..http.rules import RequestView, Router
+from ..spec import Config
+
+
+def _load(path: str) -> Config | None:
+    """The config, or None after printing every issue (sorted by position) to stdout."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        issues = sorted(e.issues, key=lambda i: (i.line, i.column))
+        for issue in issues:
+            print(issue)
+        print(f"{path}: {len(issues)} problem{'s' if len(issues) != 1 else ''}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        config = _load(path)
+        if config is None:
+            status = 1
+            continue
+        n_pools, n_rules, n_listen = len(config.pools), len(config.rules), len(config.listeners)
+        print(f"{path}: OK ({n_pools} pool{'s' if n_pools != 1 else ''}, "
+              f"{n_rules} rule{'s' if n_rules != 1 else ''}, "
+              f"{n_listen} listener{'s' if n_listen != 1 else ''})")
+    return status
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    if config is None:
+        return 1
+    if not config.default_pool:  # only tls-passthrough listeners: no rules route HTTP here
+        print(f"{args.file}: no http listener; tls-passthrough listeners route by SNI, not by URL",
+              file=sys.stderr)
+        return 1
+    view = RequestView.from_url(args.method, args.url, list(args.headers))
+    router = Router.from_specs(config.rules, config.default_pool)
+    print(router.explain(view, config.pools))
+    _, pool = router.route(view)
+    print("\n".join(explain_choice(config.pools[pool], view, args.client)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.file is not None and args.config is not None and args.file != args.config:
+        print(f"l7switch run: two rule files given ({args.file}, {args.config}); name one",
+              file=sys.stderr)
+        return 2
+    path = args.file or args.config
+    if path is None:
+        print("l7switch run: a rule file is needed: l7switch run FILE (or -c FILE)", file=sys.stderr)
+        return 2
+    config = _load(path)
+    if config is None:
+        return 1
+    from ..runtime.switch import run  # imported late: check/explain need no event loop
+
+    return run(config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..devtools.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l7switch", description="A content-based Layer-7 HTTP switch.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve with a rule file")
+    run.add_argument("file", nargs="?", metavar="FILE", help="rule file (YAML)")
+    run.add_argument("-c", "--config", metavar="FILE", help="the rule file, as an option (as nginx -c)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate rule files and report every problem")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(func=cmd_check)
+
+    explain = sub.add_parser("explain", help="show which rule and pool a request would get, and why")
+    explain.add_argument("file", metavar="FILE")
+    explain.add_argument("url", metavar="URL", help="http://host/path?query or /path?query")
+    explain.add_argument("-X", "--method", default="GET", help="request method (default GET)")
+    explain.add_argument("-H", "--header", dest="headers", action="append", type=_header, default=[],
+                         metavar="'Name: value'", help="a request header (repeatable)")
+    explain.add_argument("--client", default="127.0.0.1", metavar="ADDR",
+                         help="client address, for hash_key: source (default 127.0.0.1)")
+    explain.set_defaults(func=cmd_explain)
+
+    demo = sub.add_parser("demo", help="start a switch with demo origin servers")
+    demo.add_argument("--port", type=int, default=8080, help="switch port (default 8080)")
+    demo.add_argument("-c", "--config", default=None, metavar="FILE",
+                      help="rule file whose pools the demo starts origins for (default rules/demo.yaml)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130  # 128 + SIGINT, the shell's convention
+
+
+if __name__ == "__main__":
+    sys.exit(main())

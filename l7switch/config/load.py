@@ -1,0 +1,249 @@
+"""Rule files: reading one and checking everything in it, into the frozen ``spec.Config``.
+
+``parse_config`` walks the composed YAML node tree (see yamlnodes.py for why not safe_load),
+checks everything in one pass and raises ``ConfigError`` listing every issue with its line and
+column, or returns a ``Config``. The sections have their own modules: listen.py, matches.py
+(rules), persist.py (pools' persistence); pools, servers and the small sections are read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable
+from os import PathLike
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from ..balance.schedulers import SCHEDULERS
+from ..errors import ConfigError, ConfigIssue
+from ..spec import Config, Limits, PoolSpec, ServerSpec, SpliceSpec, Timeouts, UpstreamSpec
+from .listen import Listen, check_pool_use, parse_listen
+from .matches import parse_rules
+from .persist import check_cookie_names, parse_persistence, server_cookie
+from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duration, expect, integer,
+                        is_null, kind, mapping, nonempty_text, plain_value, record, size)
+
+TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice")
+POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence")
+SERVER_KEYS = ("address", "weight", "name", "cookie")
+DEFAULT_SCHEDULER = "rr"  # HAProxy's default "balance roundrobin" (ipvsadm's default is wlc)
+
+
+def load_config(path: str | PathLike[str]) -> Config:
+    """Read and parse the rule file at ``path``; every problem is raised as ``ConfigError``."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError([ConfigIssue(name, 1, 1, f"cannot read file: {e.strerror or e}")]) from None
+    try:
+        source = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError([ConfigIssue(name, line, col, f"file is not UTF-8: {e.reason}")]) from None
+    return parse_config(source, name)
+
+
+def parse_config(text: str, filename: str = "<string>") -> Config:
+    issues = Issues(filename)
+    root = compose(text, issues)
+    if root is None:
+        if not issues:
+            issues.at(1, 1, "the file is empty; expected a mapping with listen, pools and default_pool")
+        raise ConfigError(issues.sorted())
+    if not isinstance(root, MappingNode):
+        issues.add(root, f"top level: expected a mapping with listen, pools and default_pool, "
+                   f"found {kind(root)}")
+        raise ConfigError(issues.sorted())
+    # default_pool is required only where HTTP is routed: checked once the listeners are read.
+    top = mapping(root, "", issues, TOP_KEYS, required=("listen", "pools")) or {}
+
+    def section(key: str, fn: Callable[[Node, Issues], Any], default: Any) -> Any:
+        entry = top.get(key)
+        if entry is None or is_null(entry[1]):
+            return default
+        return fn(entry[1], issues)
+
+    listen = parse_listen(top["listen"][1], issues, filename) if "listen" in top else Listen(http=True)
+    pools, pool_names = section("pools", _pools, ({}, []))
+    if "pools" in top:
+        pnode = top["pools"][1]
+        if is_null(pnode) or (isinstance(pnode, MappingNode) and not pnode.value):
+            issues.add(pnode, "pools: expected at least one pool")
+    rule_list = section("rules", lambda n, i: parse_rules(n, i, pool_names), ())
+    default_pool = ""
+    if "default_pool" in top:
+        node = top["default_pool"][1]
+        default_pool = nonempty_text(node, "default_pool", issues, "a pool name") or ""
+        if default_pool and pool_names and default_pool not in pool_names:
+            issues.add(node, f"default_pool: unknown pool {default_pool!r}"
+                       f"{did_you_mean(default_pool, pool_names, 'defined pools')}")
+    elif listen.http:
+        issues.add(root, "missing required key 'default_pool'")
+    check_pool_use(listen, pools, pool_names, top["pools"][1] if "pools" in top else None,
+                   [(r.pool, f"rule #{r.index + 1} (line {r.line})") for r in rule_list]
+                   + ([(default_pool, "default_pool")] if default_pool else []), issues)
+    timeouts = section("timeouts", _timeouts, Timeouts())
+    limits = section("limits", _limits, Limits())
+    upstream = section("upstream", _upstream, UpstreamSpec())
+    splice = section("splice", _splice, SpliceSpec())
+    if issues:
+        raise ConfigError(issues.sorted())
+    return Config(
+        path=filename, listeners=tuple(listen.specs), pools=types.MappingProxyType(pools),
+        rules=rule_list, default_pool=default_pool, timeouts=timeouts,
+        limits=limits, upstream=upstream, splice=splice,
+    )
+
+
+def _pools(node: Node, issues: Issues) -> tuple[dict[str, PoolSpec], list[str]]:
+    """The valid pools, and the names of all pools written (so rules naming a pool that has its
+    own error are not also reported as unknown)."""
+    entries = mapping(node, "pools", issues)
+    if entries is None:
+        return {}, []
+    pools: dict[str, PoolSpec] = {}
+    for name, (key, value) in entries.items():
+        spec = _pool(name, key, value, issues)
+        if spec is not None:
+            pools[name] = spec
+    check_cookie_names(pools, entries, issues)
+    return pools, list(entries)
+
+
+def _pool(name: str, key: Node, node: Node, issues: Issues) -> PoolSpec | None:
+    path = f"pools.{name}"
+    if not name.strip():
+        issues.add(key, "pools: pool names must not be empty")
+    m = mapping(node, path, issues, POOL_KEYS, required=("servers",))
+    if m is None:
+        return None
+    n_before = len(issues)
+    scheduler = DEFAULT_SCHEDULER
+    if "scheduler" in m:
+        snode = m["scheduler"][1]
+        scheduler = nonempty_text(snode, f"{path}.scheduler", issues, "a scheduler name") or ""
+        if scheduler and scheduler not in SCHEDULERS:
+            issues.add(snode, f"{path}.scheduler: unknown scheduler {scheduler!r}"
+                       f"{did_you_mean(scheduler, SCHEDULERS, 'known')}")
+    options: dict[str, Any] = {}
+    cls = SCHEDULERS.get(scheduler)
+    onode = m["scheduler_options"] if "scheduler_options" in m else None
+    if onode is not None and not is_null(onode[1]):
+        opath = f"{path}.scheduler_options"
+        entries = mapping(onode[1], opath, issues) or {}
+        for oname, (okey, ovalue) in entries.items():
+            if cls is None:
+                continue  # an unknown scheduler is already reported; its options cannot be judged
+            if oname not in cls.options:
+                allowed = sorted(cls.options)
+                hint = did_you_mean(oname, allowed) if allowed else "; it takes no options"
+                issues.add(okey, f"{opath}: unknown option {oname!r} for scheduler {scheduler!r}{hint}")
+                continue
+            value = plain_value(ovalue, f"{opath}.{oname}", issues)
+            try:
+                options[oname] = cls.parse_option(oname, value)
+            except ValueError as e:
+                issues.add(ovalue, f"{opath}.{oname}: {e}")
+    servers: list[ServerSpec] = []
+    if "servers" in m:
+        servers = _servers(m["servers"][1], f"{path}.servers", name, issues)
+    if cls is not None and len(issues) == n_before:
+        # Checks across options and the pool size (t_low < t_high, a Maglev table size > 100·N).
+        full = {oname: opt.default for oname, opt in cls.options.items()} | options
+        where = onode[0] if onode is not None else m["scheduler"][0] if "scheduler" in m else key
+        for problem in cls.check(full, len(servers)):
+            issues.add(where, f"{path}.scheduler_options: {problem}")
+    persistence = None
+    if "persistence" in m:  # after the servers: cookie ids are checked against them
+        persistence = parse_persistence(m["persistence"][1], f"{path}.persistence", name, servers, issues)
+    if len(issues) != n_before:
+        return None
+    return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options), persistence)
+
+
+def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpec]:
+    if is_null(node) or (isinstance(node, SequenceNode) and not node.value):
+        issues.add(node, f"{path}: pool {pool!r} has no servers; expected at least one host:port")
+        return []
+    if not expect(node, SequenceNode, path, issues):
+        return []
+    out: list[ServerSpec] = []
+    names: dict[str, int] = {}
+    cookies: dict[str, int] = {}  # explicit persistence cookie values -> line
+    for i, item in enumerate(node.value):
+        ipath = f"{path}[{i}]"
+        weight: int | None = 1
+        name: str | None = None
+        name_node: Node = item
+        cookie: str | None = None
+        addr_node: Node
+        if isinstance(item, ScalarNode):  # short form: "host:port"
+            addr_node, apath = item, ipath
+        else:
+            m = mapping(item, ipath, issues, SERVER_KEYS, required=("address",))
+            if m is None or "address" not in m:
+                continue
+            addr_node, apath = m["address"][1], f"{ipath}.address"
+            if "weight" in m:
+                weight = integer(m["weight"][1], f"{ipath}.weight", issues, minimum=0)
+            if "name" in m:
+                name_node = m["name"][1]
+                name = nonempty_text(name_node, f"{ipath}.name", issues, "a server name")
+                if name is None:
+                    continue
+            if "cookie" in m:
+                cookie = server_cookie(m["cookie"][1], f"{ipath}.cookie", issues, cookies)
+                if cookie is None:
+                    continue
+        addr = address(addr_node, apath, issues)
+        if addr is None or weight is None:
+            continue
+        name = name if name is not None else addr_node.value.strip()
+        if name in names:
+            issues.add(name_node, f"{ipath}: duplicate server name {name!r} in pool {pool!r} "
+                       f"(first at line {names[name]})")
+            continue
+        names[name] = name_node.start_mark.line + 1
+        out.append(ServerSpec(name, addr[0], addr[1], weight, cookie))
+    return out
+
+
+# ---- small sections ---------------------------------------------------------------------------------
+
+def _timeouts(node: Node, issues: Issues) -> Timeouts:
+    return record(node, issues, "timeouts", Timeouts, dict.fromkeys(Timeouts.__slots__, duration))
+
+
+def _limits(node: Node, issues: Issues) -> Limits:
+    def body(n: Node, path: str, iss: Issues) -> Any:
+        if is_null(n) or (isinstance(n, ScalarNode) and n.value.lower() in ("none", "unlimited")):
+            return _UNLIMITED
+        return size(n, path, iss)
+
+    limits = record(node, issues, "limits", Limits, {
+        "max_header_bytes": size, "max_body_bytes": body, "max_response_header_bytes": size,
+        "max_headers": lambda n, p, i: integer(n, p, i, minimum=1),
+    })
+    if limits.max_body_bytes is _UNLIMITED:
+        limits = dataclasses.replace(limits, max_body_bytes=None)
+    return limits
+
+
+_UNLIMITED: Any = object()  # "none" read fine; distinct from None, which means "failed"
+
+
+def _upstream(node: Node, issues: Issues) -> UpstreamSpec:
+    return record(node, issues, "upstream", UpstreamSpec, {
+        "max_idle": integer, "idle_timeout": lambda n, p, i: duration(n, p, i, allow_zero=True),
+    })
+
+
+def _splice(node: Node, issues: Issues) -> SpliceSpec:
+    return record(node, issues, "splice", SpliceSpec, {
+        "enabled": boolean, "threshold": lambda n, p, i: size(n, p, i, minimum=0),
+    })

@@ -1,0 +1,648 @@
+"""One request and its response crossing the switch: the ``Exchange``.
+
+The frontend creates an exchange once a request head is parsed and routed. The exchange asks
+the pool where the request goes (balance/dispatch.py: persistence, then the scheduler), takes a
+connection from that server's ``ConnectionPool`` (or opens one — the only place a Task is
+created), streams the request body up, and streams the response back: head rewritten, body
+passed through (Content-Length), re-chunked (chunked, or close-delimited to a keep-alive
+client) or spliced (known length above ``splice.threshold``). An accepted Upgrade becomes a
+tunnel (net/tunnel.py) after the server's 101.
+
+Its life is one ``Phase``, set where each transition happens::
+
+    QUEUED -> CONNECTING -> AWAITING -> RELAYING <-> SPLICING -> COMPLETE -> DONE
+                   ^            |   \\-> UPGRADING -> TUNNEL ----------------> DONE
+                   '-- refused / stale pooled connection (once)
+
+The request side runs alongside: ``req_done`` once its body has gone up in full (by Python or
+by splice). Outcomes the client sees when a server fails (RFC 9110 §15.6): a refused connect is
+tried once more on another server, else 503; connect timeout or a server silent for
+``timeouts.server`` before the response head -> 504; reset or garbage before a response head
+-> 502; any failure after the head went out -> the client connection is cut, so it sees the
+truncation (never padded, never hung). Error answers carry a request id; the detail is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from enum import IntEnum
+from typing import Any
+
+from ..balance.dispatch import choose, choose_again
+from ..balance.pool import ServerPool
+from ..balance.servers import Server
+from ..errors import BadGateway, GatewayTimeout, L7Error, PayloadTooLarge, ServiceUnavailable
+from ..http.message import RequestHead, forward_request_head, forward_response_head, parse_content_length
+from ..net import flow
+from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
+from ..net.splice import SpliceJob
+from ..net.tunnel import Tunnel
+from .ports import ClientPort
+from .state import Generation, SwitchState
+from .upstream import ConnectionPool, UpstreamConnection
+
+log = logging.getLogger("l7switch")
+
+CHUNK_END = b"0\r\n\r\n"
+NO_BODY_STATUS = (204, 304)
+# Request body bytes kept for a resend while a reused keep-alive connection has not answered
+# yet: a request that met a connection the server had just closed goes again, whole, on a new
+# one. Four times the write high-water mark; a bigger body sent before any answer is not kept.
+REPLAY_LIMIT = 4 * HIGH_WATER
+
+
+class Phase(IntEnum):
+    QUEUED = 0  # parsed and routed; waits behind an earlier request on its client connection
+    CONNECTING = 1  # a server is chosen; its connection is being opened (request bytes wait)
+    AWAITING = 2  # connected: the request goes up as it arrives; no final response head yet
+    UPGRADING = 3  # the server answered 101; the tunnel starts when its parser hands over
+    RELAYING = 4  # the response head is out; the body streams through Python
+    SPLICING = 5  # the response body crosses by splice(2)
+    COMPLETE = 6  # the response has been read in full; the exchange ends after this read
+    TUNNEL = 7  # after a 101: bytes both ways until either side closes
+    DONE = 8  # answered, failed or abandoned; nothing more happens
+
+
+QUEUED, CONNECTING, AWAITING, UPGRADING, RELAYING, SPLICING, COMPLETE, TUNNEL, DONE = Phase
+
+
+class Exchange:
+    __slots__ = (
+        "client", "gen", "state", "head", "pool", "route", "key", "seq", "phase", "server", "cpool",
+        "up", "t0", "to_up", "pending", "pending_size", "replay", "replay_size", "req_done",
+        "req_body", "req_splice_left", "attempts", "status", "resp_chunked", "resp_eof", "no_body",
+        "resp_close", "resp_splice_left", "to_client", "jobs", "progress", "tunnel_data", "sticky",
+        "sticky_key", "cookies",
+    )
+
+    def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
+                 pool: ServerPool, route: str, key: str | None = None) -> None:
+        self.client = client
+        self.gen = gen  # the rules and pools this request was routed with, kept to its end
+        self.state = state
+        self.head = head
+        self.pool = pool
+        self.route = route  # rule label, for logs and stats
+        self.key = key  # what the pool's scheduler picks on (hash_key), None if it needs nothing
+        self.seq = state.next_request()  # for the request id
+        self.phase = QUEUED
+        self.server: Server | None = None  # counted in flight (pool.begin) while set
+        self.cpool: ConnectionPool | None = None
+        self.up: UpstreamConnection | None = None
+        self.t0 = time.monotonic()
+        self.to_up: list[bytes] = []  # request bytes produced by one client read, written at once
+        self.pending: list[bytes] | None = []  # request body bytes held while connecting
+        self.pending_size = 0
+        self.replay: list[bytes] | None = None  # body bytes sent on a reused connection, for a resend
+        self.replay_size = 0
+        self.req_done = False
+        self.req_body = 0
+        self.req_splice_left = 0
+        self.attempts = 0
+        self.status = 0
+        self.resp_chunked = False  # we frame the body to the client as chunked
+        self.resp_eof = False  # the server's body ends when it closes (RFC 9112 §6.3(8))
+        self.no_body = False  # HEAD, 204, 304
+        self.resp_close = not head.keep_alive  # the client connection closes after this response
+        self.resp_splice_left = 0
+        self.to_client: list[bytes] = []
+        self.jobs: list[SpliceJob] = []  # running splice jobs
+        self.progress = 0  # bytes the jobs had moved when the deadline last looked
+        self.tunnel_data = b""  # client bytes after an Upgrade request, held until the 101
+        # Persistence (pools that have it): the server the request names, the table key the
+        # choice is recorded under, the Cookie values to forward (None: as is).
+        self.sticky: Server | None = None
+        self.sticky_key: str | None = None
+        self.cookies: list[bytes] | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.state.request_id(self.seq)
+
+    # ---- choosing a server and connecting ------------------------------------------------------
+    def start(self) -> None:
+        """Its turn on the client connection: choose a server and get a connection to it."""
+        persist = self.pool.persistence
+        if persist is not None:
+            self.sticky, self.sticky_key, self.cookies = persist.sticky(self.head.headers,
+                                                                        self.client.peer_ip)
+        choice = choose(self.pool, self.key, persist, self.sticky, self.sticky_key)
+        if isinstance(choice, str):
+            self.fail(ServiceUnavailable(choice))
+            return
+        self._use(choice)
+
+    def _use(self, server: Server) -> None:
+        self.phase = CONNECTING
+        self.server = server
+        self.pool.begin(server)
+        self.cpool = cpool = self.gen.cpools[server]
+        conn = cpool.acquire()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.state.spawn(self._connect(cpool))
+
+    async def _connect(self, cpool: ConnectionPool) -> None:
+        self.attempts += 1
+        address = cpool.server.address
+        try:
+            conn = await cpool.connect(self.gen.timeouts.connect)
+        except asyncio.TimeoutError:
+            self._connect_failed(GatewayTimeout(f"connect to {address} timed out"))
+            return
+        except OSError as exc:
+            self._connect_failed(ServiceUnavailable(f"connect to {address} failed: {exc.strerror or exc}"),
+                                 refused=True)
+            return
+        except Exception as exc:  # never leave the client without an answer
+            log.exception("connect to %s failed", address)
+            self._connect_failed(BadGateway(f"connect to {address} failed: {exc!r}"))
+            return
+        if self.phase == DONE:
+            cpool.release(conn)  # the client left meanwhile: the fresh connection is still good
+        else:
+            self._attach(conn)
+
+    def _connect_failed(self, err: L7Error, refused: bool = False) -> None:
+        server = self.server
+        assert server is not None
+        server.failures += 1
+        if self.phase == DONE:
+            return  # the client left meanwhile; client_lost already ended the request
+        self.pool.end(server)
+        self.server = None
+        if refused:
+            choice = choose_again(self.pool, self.key, self.pool.persistence, self.sticky,
+                                  self.sticky_key, server, self.attempts)
+            if not isinstance(choice, str):
+                self._use(choice)
+                return
+            err = ServiceUnavailable(f"{err.detail}; {choice}")
+        self.fail(err)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.up = conn
+        conn.attach(self)
+        self.phase = AWAITING
+        client = self.client
+        assert conn.flow is not None
+        # Each side's full write buffer now pauses the other's reading (a client that stopped
+        # reading during an earlier response pauses this server connection from the start).
+        client.flow.link(conn.flow)
+        # While the body is still coming, the client's pace governs (timeouts.client); the
+        # server owes us nothing yet.
+        conn.deadline = time.monotonic() + self.gen.timeouts.server if self.req_done else 0.0
+        head = forward_request_head(self.head, client.peer_ip, client.proto, self.head.chunked,
+                                    self.cookies)
+        pending, self.pending = self.pending, None
+        if self.pending_size > HIGH_WATER:
+            client.flow.resume_reading(PEER_FULL)  # held while connecting; the link takes over
+        if conn.reused and self.head.upgrade is None:
+            # A reused connection may turn out to be one the server has just closed: keep what
+            # is sent until the server answers, so the request can go again, whole.
+            self.replay = list(pending) if pending else []
+            self.replay_size = self.pending_size
+        if pending:
+            conn.writelines([head, *pending])
+        else:
+            conn.write(head)
+        self.pending_size = 0
+        if self.req_splice_left and not self.req_done and not client.feeding:
+            # Inside a parser callback the current read's body bytes are still to come through
+            # on_body; after_client_feed starts the splice once the parser has consumed them.
+            self._start_request_splice()
+
+    # ---- request side ---------------------------------------------------------------------------
+    def plan_request_splice(self) -> None:
+        """At the request head: a large known-length body crosses by splice (never over TLS:
+        the socket carries ciphertext)."""
+        splice = self.gen.splice
+        cl = self.head.content_length
+        if (splice.enabled and cl is not None and cl >= splice.threshold and not self.head.expect_continue
+                and not self.client.tls):
+            self.req_splice_left = cl  # reduced by what the first read already carried
+
+    def request_body(self, data: bytes) -> None:
+        n = len(data)
+        self.req_body += n
+        limit = self.gen.limits.max_body_bytes
+        if limit is not None and self.req_body > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        framed = (b"%x\r\n" % n, data, b"\r\n") if self.head.chunked else (data,)
+        pending = self.pending
+        if pending is not None:
+            pending.extend(framed)
+            self.pending_size += n
+            if self.pending_size > HIGH_WATER:
+                self.client.flow.pause_reading(PEER_FULL)  # no server yet: stop reading the client
+        else:
+            self.to_up.extend(framed)
+
+    def request_complete(self) -> None:
+        if self.req_done:
+            return
+        self.req_done = True
+        if self.head.chunked and self.head.upgrade is None:  # (an Upgrade's body is the tunnel's)
+            if self.pending is not None:
+                self.pending.append(CHUNK_END)
+            else:
+                self.to_up.append(CHUNK_END)
+        up = self.up
+        if up is not None and self.phase == AWAITING:
+            up.deadline = time.monotonic() + self.gen.timeouts.server  # now the server owes an answer
+        if self.phase == COMPLETE:
+            self._finish()
+
+    def after_client_feed(self) -> None:
+        """Write what one client read produced, as one write."""
+        up = self.up
+        if up is None:
+            return
+        if self.to_up:
+            out, self.to_up = self.to_up, []
+            replay = self.replay
+            if replay is not None:
+                replay.extend(out)
+                self.replay_size += sum(map(len, out))
+                if self.replay_size > REPLAY_LIMIT:
+                    self.replay = None
+            up.writelines(out)
+        if self.req_splice_left and not self.req_done and not self.jobs:
+            self._start_request_splice()
+
+    def _start_request_splice(self) -> None:
+        left = (self.head.content_length or 0) - self.req_body
+        if left <= 0:
+            self.req_splice_left = 0
+            return
+        up = self.up
+        assert up is not None and up.flow is not None
+        self.req_splice_left = left
+        self.replay = None  # spliced bytes never pass through Python: no resend is possible
+        self.client.flow.pause_reading(flow.SPLICING)
+        if self.to_up:
+            out, self.to_up = self.to_up, []
+            up.writelines(out)
+        self._splice_when_drained(self.client.flow, up.flow, left, self._request_spliced)
+
+    def _request_spliced(self, moved: int, error: BaseException | None) -> None:
+        self.req_body += moved
+        self.req_splice_left = 0
+        if error is not None:
+            self.client.abort()
+            return
+        self.client.request_spliced()
+        self.client.flow.resume_reading(flow.SPLICING)
+        self.request_complete()
+
+    # ---- response side (ports.ResponseSink, called by UpstreamConnection) ----------------------
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        up = self.up
+        if self.phase != AWAITING:
+            if up is not None:
+                up.keep_alive = False  # a second response to one request: in doubt
+            return
+        if 100 <= status < 200 and status != 101:
+            # RFC 9110 §15.2: forward 1xx, but never to an HTTP/1.0 client.
+            if self.head.version == "1.1":
+                self.to_client.append(forward_response_head(status, b"", headers, b"", False))
+            return
+        server = self.server
+        if server is not None:
+            server.record_latency(time.monotonic() - self.t0)
+        self.status = status
+        if status == 101:
+            if self.head.upgrade is None:
+                self.upstream_failed("101 to a request that asked for no upgrade")
+                return
+            self.phase = UPGRADING
+            self.to_client.append(forward_response_head(101, b"", headers, b"", False,
+                                                         upgrade=self.head.upgrade))
+            return
+        if self.head.upgrade is not None:
+            # The server declined the upgrade: answer normally, then close both connections
+            # (a tunnel starts only after a real 101).
+            self.resp_close = True
+            if up is not None:
+                up.keep_alive = False
+        cl = None
+        chunked = False
+        for name, value in headers:
+            if name == b"content-length":
+                cl = parse_content_length(value.split(b",")[0])
+            elif name == b"transfer-encoding":
+                chunked = True
+        if self.head.method == b"HEAD" or status in NO_BODY_STATUS:
+            self.no_body = True
+            framing = b"Content-Length: %d\r\n" % cl if cl is not None else b""
+        elif chunked:
+            if self.head.version == "1.1":
+                self.resp_chunked = True
+                framing = b"Transfer-Encoding: chunked\r\n"
+            else:
+                self.resp_close = True  # an HTTP/1.0 client gets the de-chunked body up to close
+                framing = b""
+        elif cl is not None:
+            framing = b"Content-Length: %d\r\n" % cl
+            splice = self.gen.splice
+            if splice.enabled and cl >= splice.threshold and not self.client.tls:
+                self.resp_splice_left = cl
+        else:
+            self.resp_eof = True
+            if up is not None:
+                up.keep_alive = False
+            if self.head.version == "1.1" and not self.resp_close:
+                self.resp_chunked = True  # keep the client's connection: re-frame as chunked
+                framing = b"Transfer-Encoding: chunked\r\n"
+            else:
+                self.resp_close = True
+                framing = b""
+        if self.client.last_response():
+            self.resp_close = True
+        self.phase = RELAYING
+        persist = self.pool.persistence
+        if persist is None or server is None:
+            self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close))
+        else:  # Set-Cookie added or edited, still one head and one write
+            extra = persist.response(server, self.sticky, headers)
+            self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close,
+                                                        None, extra))
+
+    def response_body(self, data: bytes) -> None:
+        if self.no_body or self.phase != RELAYING:
+            if self.up is not None:
+                self.up.keep_alive = False  # bytes where none belong
+            return
+        if self.resp_splice_left:
+            self.resp_splice_left -= len(data)
+        if self.resp_chunked:
+            self.to_client.extend((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.to_client.append(data)
+
+    def response_complete(self) -> None:
+        # AWAITING: the end of an interim (1xx) response. UPGRADING: llhttp always pauses right
+        # after a 101 (HttpParserUpgrade), and response_upgraded starts the tunnel.
+        if self.phase != RELAYING:
+            return
+        self.phase = COMPLETE
+        self.resp_splice_left = 0
+        if self.resp_chunked:
+            self.to_client.append(CHUNK_END)
+
+    def after_upstream_feed(self) -> None:
+        if self.phase == DONE:
+            return
+        self.replay = None  # the server answered: the connection was not stale
+        if self.to_client:
+            out, self.to_client = self.to_client, []
+            self.client.writelines(out)
+        up = self.up
+        if up is None:
+            return
+        if self.no_body and self.phase == RELAYING:
+            up.reset_parser()  # llhttp cannot know the request was HEAD; the response ends here
+            self.phase = COMPLETE
+        if self.phase == COMPLETE:
+            if not self.req_done:
+                # Answered before the request body ended (e.g. an early 413): neither
+                # connection can be trusted to be at a message boundary.
+                self.resp_close = True
+                up.keep_alive = False
+            self._finish()
+        elif self.phase == RELAYING and self.resp_splice_left > 0:
+            self._start_response_splice()
+
+    def _start_response_splice(self) -> None:
+        up = self.up
+        assert up is not None and up.flow is not None
+        left = self.resp_splice_left
+        self.resp_splice_left = 0
+        self.phase = SPLICING
+        up.flow.pause_reading(flow.SPLICING)
+        self._splice_when_drained(up.flow, self.client.flow, left, self._response_spliced)
+
+    def _response_spliced(self, moved: int, error: BaseException | None) -> None:
+        up = self.up
+        if error is not None or up is None or up.flow is None:
+            self._abort_both()
+            return
+        up.reset_parser()
+        up.flow.resume_reading(flow.SPLICING)
+        self.phase = COMPLETE
+        self.after_upstream_feed()
+
+    def _splice_when_drained(self, src: FlowControl, dst: FlowControl, nbytes: int,
+                             on_done: Any) -> None:
+        """Splice ``nbytes`` from src to dst once dst's write buffer is empty (byte order)."""
+        def done(moved: int, error: BaseException | None) -> None:
+            self.jobs = [j for j in self.jobs if not j.finished]
+            on_done(moved, error)
+
+        def go() -> None:
+            # Whatever ended the exchange meanwhile (client gone, server lost) has finished it.
+            if self.phase == DONE or self.up is None:
+                return
+            try:
+                job = SpliceJob(self.state.loop or asyncio.get_running_loop(), src.transport,
+                                dst.transport, nbytes, done)
+            except OSError as exc:  # no fds left for the pipe (EMFILE): give up on this exchange
+                log.warning("%s: cannot splice: %s", self.request_id, exc)
+                self._abort_both()
+                return
+            self.jobs.append(job)
+            job.start()
+        dst.when_drained(go)
+
+    def response_upgraded(self, leftover: bytes) -> None:
+        """The server answered 101: both connections become one tunnel."""
+        up, client = self.up, self.client
+        if self.phase != UPGRADING or up is None or up.flow is None:
+            self.upstream_failed("unexpected protocol switch")
+            return
+        self.phase = TUNNEL
+        if self.to_client:
+            out, self.to_client = self.to_client, []
+            client.writelines(out)
+        up.deadline = 0.0  # tunnels live until either side closes
+        up.owner = None
+        loop = self.state.loop or asyncio.get_running_loop()
+        tunnel = Tunnel(loop, client.flow, up.flow, self._tunnel_ended)
+        up.tunnel = tunnel
+        client.tunnel_started(tunnel)
+        if leftover:
+            tunnel.to_client(leftover)
+        if self.tunnel_data:
+            tunnel.to_server(self.tunnel_data)
+            self.tunnel_data = b""
+        if not (self.gen.splice.enabled and tunnel.splice()):
+            tunnel.relay()  # TLS on the client side, or splice off
+
+    def _tunnel_ended(self) -> None:
+        if self.phase == DONE:
+            return
+        self.phase = DONE
+        if self.server is not None:
+            self.pool.end(self.server)
+        self.up = None  # the tunnel has closed it
+        self.client.exchange_finished(self, None, "", True)
+
+    # ---- timing -----------------------------------------------------------------------------------
+    def upstream_timeout(self) -> bool:
+        """The server was silent for timeouts.server. A body crossing by splice moves without
+        Python seeing it: while it makes progress, that is not silence."""
+        if self.spliced_progress():
+            return True
+        up, self.up = self.up, None
+        if up is not None:
+            up.close()
+        if self.server is not None:
+            self.server.failures += 1
+        if self.phase >= RELAYING:
+            self._abort_both()
+        else:
+            self.fail(GatewayTimeout(f"no response from {self._where()} within "
+                                     f"{self.gen.timeouts.server:g}s"))
+        return False
+
+    def spliced_progress(self) -> bool:
+        """Have the splice jobs moved bytes since the last look?"""
+        if not self.jobs:
+            return False
+        moved = sum(j.moved for j in self.jobs)
+        if moved == self.progress:
+            return False
+        self.progress = moved
+        return True
+
+    def upstream_writable(self, writable: bool) -> None:
+        """The server stopped reading what we send (its silence counts from now), or resumed."""
+        up = self.up
+        if up is None:
+            return
+        if not writable:
+            up.deadline = time.monotonic() + self.gen.timeouts.server
+        elif not self.req_done and self.phase == AWAITING:
+            up.deadline = 0.0  # back to the client's pace
+
+    def client_writable(self, writable: bool) -> None:
+        """The client stopped reading (we stop reading the server, so its silence is ours and
+        timeouts.client applies instead), or resumed."""
+        up = self.up
+        if up is None or self.phase not in (AWAITING, RELAYING):
+            return
+        up.deadline = time.monotonic() + self.gen.timeouts.server if writable else 0.0
+
+    # ---- failures ---------------------------------------------------------------------------------
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The server's connection closed (it has already let go of us)."""
+        if self.phase == DONE:
+            return
+        up, self.up = self.up, None
+        if self.jobs:
+            return  # the splice job sees the EOF or error itself and reports it
+        if self.phase == RELAYING and self.resp_eof:
+            self.phase = COMPLETE  # a close-delimited body ends here (RFC 9112 §6.3(8))
+            if self.resp_chunked:
+                self.to_client.append(CHUNK_END)
+            self.after_upstream_feed()
+            self._finish()
+            return
+        if self.phase >= RELAYING:
+            self._abort_both()  # truncated: the client must see an incomplete message
+            return
+        if up is not None and up.reused and not up.got_bytes and self.replay is not None:
+            # A pooled keep-alive connection the server had already closed: nothing reached
+            # it, so the request goes again, whole, on a fresh connection (RFC 9112 §9.3.1).
+            self.pending = self.replay + self.to_up
+            self.pending_size = self.replay_size
+            self.replay, self.to_up = None, []
+            self.phase = CONNECTING
+            assert self.cpool is not None
+            self.state.spawn(self._connect(self.cpool))
+            return
+        if self.server is not None:
+            self.server.failures += 1
+        self.fail(BadGateway(f"{self._where()} closed the connection before responding"))
+
+    def upstream_failed(self, detail: str) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.close()
+        if self.server is not None:
+            self.server.failures += 1
+        if self.phase >= RELAYING:
+            log.warning("%s: %s: %s; response cut", self.request_id, self._where(), detail)
+            self._abort_both()
+        else:
+            self.fail(BadGateway(f"{self._where()}: {detail}"))
+
+    def fail(self, err: L7Error) -> None:
+        """Answer the client with the switch's own error response for this exchange."""
+        if self.phase == DONE:
+            return
+        self.to_client.clear()
+        rid = self.request_id
+        log.log(logging.WARNING if err.status >= 500 else logging.INFO, "%s %d %s %s (%s): %s", rid,
+                err.status, self.head.method.decode("latin-1"), self.head.path, self.route, err.detail)
+        self._finish(err, err.close or not self.req_done or self.resp_close)
+
+    def client_lost(self) -> None:
+        """The client went away: cancel everything; the server connection is in doubt."""
+        for job in self.jobs:
+            job.cancel()
+        self.jobs = []
+        up, self.up = self.up, None
+        if up is not None:
+            up.close()
+        if self.phase != DONE:
+            self.phase = DONE
+            if self.server is not None:
+                self.pool.end(self.server)
+
+    def _abort_both(self) -> None:
+        """A truncated response: the client must see an incomplete message, never a padded one."""
+        self.client_lost()
+        self.client.abort()
+
+    def _finish(self, error: L7Error | None = None, close: bool = False) -> None:
+        if self.phase == DONE:
+            return
+        complete = self.phase == COMPLETE
+        self.phase = DONE
+        for job in self.jobs:
+            # A request body still being spliced (the server answered early, or failed): the
+            # job's dup()ed fds would keep both sockets open after their transports close.
+            job.cancel()
+        self.jobs = []
+        if self.server is not None:
+            self.pool.end(self.server)
+        up, self.up = self.up, None
+        if up is not None:
+            self.client.flow.unlink()
+            if error is None and complete and self.req_done and self.cpool is not None:
+                self.cpool.release(up)
+            else:
+                up.close()
+        self.client.exchange_finished(self, error, self.request_id if error is not None else "",
+                                      close or self.resp_close or not self.req_done)
+
+    # ---- introspection ------------------------------------------------------------------------------
+    def _where(self) -> str:
+        s = self.server
+        return f"{self.pool.name}/{s.name} ({s.address})" if s is not None else f"pool {self.pool.name}"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"id": self.request_id, "phase": self.phase.name.lower(),
+                "method": self.head.method.decode("latin-1"), "path": self.head.path,
+                "rule": self.route, "pool": self.pool.name,
+                "server": self.server.name if self.server is not None else None,
+                "status": self.status, "request_done": self.req_done}
+
+    def __repr__(self) -> str:
+        server = self.server.address if self.server else "-"
+        return (f"<Exchange {self.head.method.decode()} {self.head.path} -> {self.pool.name}/{server} "
+                f"{self.phase.name.lower()} status={self.status}>")

@@ -1,0 +1,514 @@
+"""The client side: one ``ClientConnection`` per accepted socket of an HTTP listener.
+
+It parses request heads with httptools, enforces what llhttp leaves to us (the size of a head
+as its bytes arrive, the field count, the header deadline, Host rules — RFC 9112 §2-3), routes
+each request with the current generation's rules, and hands it to an ``Exchange``
+(exchange.py). Requests are answered strictly in order (RFC 9112 §9.3.2): a pipelined request
+waits in ``queue`` (and reading pauses) until the one before it has been answered.
+
+Timers are not per request: each connection keeps one ``deadline`` that the switch's clock
+sweeps (net/clock.py), which keeps call_later handles off the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, cast
+
+import httptools
+
+from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
+from ..http.message import DEFAULT_UPGRADES, check_request, error_response
+from ..http.rules import RequestView
+from ..net.flow import CLOSING, HIGH_WATER, SPLICING, WAITING, FlowControl
+from ..net.tunnel import TO_SERVER, Tunnel
+from ..spec import ListenerSpec
+from .exchange import RELAYING, Exchange
+from .state import SwitchState
+
+log = logging.getLogger("l7switch")
+
+# Connection states, for the deadline sweep.
+IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
+STATE_NAMES = ("idle", "head", "body", "busy")
+# Raw head bytes allowed beyond limits.max_header_bytes, which counts the target and the fields:
+# the method, version and line ends around them.
+HEAD_SLACK = 256
+
+
+class _NoCallbacks:
+    """The parser a closed connection keeps: it refers to nothing, so the connection and its
+    parser no longer form a reference cycle that only the cyclic GC could free."""
+
+
+CLOSED_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
+        "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed", "closing_after",
+        "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "feeding", "tls",
+        "skip_head", "resume_body",
+    )
+
+    def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
+        self.switch = switch
+        self.upgrades = DEFAULT_UPGRADES if listener is None else upgrade_tokens(listener.upgrades)
+        self.proto = b"http"  # what X-Forwarded-Proto says
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
+        self.parser: httptools.HttpRequestParser = httptools.HttpRequestParser(self)
+        self.peer_ip = ""
+        self.deadline = 0.0
+        self.state = IDLE
+        self.exchange: Exchange | None = None  # the exchange being answered
+        self.receiving: Exchange | None = None  # the exchange whose request body is arriving
+        self.queue: deque[Exchange] = deque()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0  # of the head being parsed: target and fields, as llhttp reports them
+        self.head_fed = 0  # raw bytes fed while a head is incomplete (a line may never end)
+        self.closing_after = False  # answer what we have, then close
+        self.pending_error: L7Error | None = None
+        self.upgrading: Exchange | None = None  # an Upgrade request waiting for its 101
+        self.tunnel: Tunnel | None = None  # after the 101: the client's bytes go here
+        self.closed = False
+        self.requests = 0
+        self.in_trailers = False
+        self.feeding = False  # inside parser.feed_data (callbacks may run)
+        self.tls = False  # TLS terminated here: the socket carries ciphertext, so nothing splices it
+        self.skip_head = False  # the parser reads a head we made up (see _resume_body)
+        self.resume_body: Exchange | None = None  # an ignored Upgrade whose body llhttp skipped
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.flow = FlowControl(t)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        if transport.get_extra_info("ssl_object") is not None:
+            self.tls, self.proto = True, b"https"
+        self.deadline = time.monotonic() + self.switch.current.timeouts.client
+        self.switch.clock.watch(self)
+        self.switch.clients.add(self)
+        if self.switch.draining:
+            self.closing_after = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.to_server(data)
+            return
+        if self.upgrading is not None:
+            # Bytes after an Upgrade request, before the server's answer (uvloop does not honour
+            # every pause): held for the tunnel, bounded.
+            self.upgrading.tunnel_data += data
+            if len(self.upgrading.tunnel_data) > HIGH_WATER:
+                self.abort()  # a client flooding before the server even agreed to switch
+            return
+        if self.closed or (self.flow.paused_for & CLOSING and self.pending_error is not None):
+            return  # we are closing after an error; ignore what follows
+        state = self.state
+        if state == IDLE:
+            self.state = state = HEAD
+            self.deadline = time.monotonic() + self.switch.current.timeouts.header
+        elif state == BODY:
+            # timeouts.client is the longest silence while a body arrives.
+            self.deadline = time.monotonic() + self.switch.current.timeouts.client
+        heads = self.requests
+        self.feeding = True
+        try:
+            ok = self._feed(data)
+        finally:
+            self.feeding = False
+        if ok and self.state == HEAD:
+            # llhttp buffers an unfinished header line without limit and calls us only when it
+            # ends: count what it is fed. A read that ended one head and began the next is not
+            # counted (its split is unknown), which bounds the slack to one read.
+            if state == HEAD and self.requests == heads:
+                self.head_fed += len(data)
+                limit = self.switch.current.limits.max_header_bytes
+                if self.head_fed > limit + HEAD_SLACK:
+                    self.error(HeadersTooLarge(f"request head over {limit} bytes"))
+            else:
+                self.head_fed = 0
+        self.flush_fed()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data``; False when it ended in an error (answered) or a tunnel."""
+        parser = self.parser
+        while True:
+            try:
+                parser.feed_data(data)
+                return True
+            except httptools.HttpParserUpgrade as exc:
+                rest = data[exc.args[0]:] if exc.args else b""
+            except L7Error as err:
+                self.error(err)
+                return False
+            except httptools.HttpParserError as exc:
+                # An L7Error raised inside a parser callback (431, 413, a check_request 400)
+                # reaches us wrapped in HttpParserCallbackError, the original as __context__.
+                ctx = exc.__context__
+                self.error(ctx if isinstance(ctx, L7Error) else BadRequest(_parser_message(exc)))
+                return False
+            # llhttp runs on_message_complete (which clears self.receiving) before it pauses on
+            # an upgrade: the upgrade request is the last one parsed.
+            ex = self.resume_body or self.receiving or (self.queue[-1] if self.queue else self.exchange)
+            if ex is not None and ex.head.upgrade is not None:
+                ex.tunnel_data += rest
+                ex.request_complete()
+                self.receiving = None
+                self.flow.pause_reading(SPLICING)
+                self.upgrading = ex  # from now on client bytes belong to the tunnel
+                return False
+            # An Upgrade we do not take (h2c, an unlisted protocol, HTTP/1.0): llhttp stopped
+            # at the end of its head as if switching; go on parsing as HTTP/1.1.
+            if self.resume_body is not None:
+                self._resume_body(self.resume_body)
+            if not rest:
+                return True
+            data = rest
+
+    def _resume_body(self, ex: Exchange) -> None:
+        """llhttp skipped the body of an Upgrade request (it expected the new protocol there).
+        Feed the parser a made-up head with the same framing, its callbacks ignored, so it reads
+        that body for ``ex`` and then the requests after it, byte-exact as usual."""
+        self.resume_body = None
+        framing = (b"Transfer-Encoding: chunked\r\n" if ex.head.chunked
+                   else b"Content-Length: %d\r\n" % (ex.head.content_length or 0))
+        self.skip_head = True
+        self.headers = []
+        self.parser.feed_data(b"POST / HTTP/1.1\r\nHost: resume\r\n" + framing + b"\r\n")
+        self.receiving = ex
+
+    def flush_fed(self) -> None:
+        """Send on what one client read produced for the server(s), also when the read ended in
+        an error or an upgrade: an earlier pipelined request's body bytes from the same read
+        would otherwise never reach its server, which then waits for them forever."""
+        ex = self.receiving or self.exchange
+        if ex is not None:
+            ex.after_client_feed()
+        if self.exchange is not None and self.exchange is not ex:
+            self.exchange.after_client_feed()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            return self.tunnel.eof(TO_SERVER)
+        if self.tls:
+            return None  # close_notify: TLS has no half-close, the transport closes either way
+        # A client may half-close after its last request (RFC 9112 §9.6); keep the write side
+        # open until what it asked for has been answered.
+        if self.exchange is not None or self.queue:
+            self.closing_after = True
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.parser = CLOSED_PARSER
+        self.switch.clock.unwatch(self)
+        self.switch.clients.discard(self)
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.lost(True, exc)
+        for ex in (self.exchange, *self.queue):
+            if ex is not None:
+                ex.client_lost()
+        self.exchange = self.receiving = self.upgrading = self.resume_body = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+        # The client stopped reading: timeouts.client is how long it may stay so.
+        self.deadline = time.monotonic() + self.switch.current.timeouts.client
+        if self.exchange is not None:
+            self.exchange.client_writable(False)
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+        if self.state == BUSY:
+            self.deadline = 0.0
+        if self.exchange is not None:
+            self.exchange.client_writable(True)
+
+    # ---- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.skip_head:
+            return
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.in_trailers = False
+        if self.state == IDLE:
+            self.state = HEAD
+            self.deadline = time.monotonic() + self.switch.current.timeouts.header
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        limit = self.switch.current.limits.max_header_bytes
+        if self.head_bytes > limit:
+            raise HeadersTooLarge(f"request line over {limit} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_trailers:
+            return  # RFC 9110 §6.5.1: trailer fields are not merged into the header section
+        self.head_bytes += len(name) + len(value) + 4
+        limits = self.switch.current.limits
+        if self.head_bytes > limits.max_header_bytes:
+            raise HeadersTooLarge(f"header section over {limits.max_header_bytes} bytes")
+        headers = self.headers
+        if len(headers) >= limits.max_headers:
+            raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
+        # llhttp drops leading OWS but keeps trailing OWS; RFC 9110 §5.5 excludes both from the
+        # field value. Rules must match (and the server get) the value a server would parse.
+        headers.append((name.lower(), value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.in_trailers = True
+        if self.skip_head:
+            self.skip_head = False  # the made-up head of _resume_body: its body is the real one
+            return
+        parser = self.parser
+        self.requests += 1
+        upgrade = parser.should_upgrade()
+        head = check_request(parser.get_method(), self.url, self.headers, parser.get_http_version(),
+                             parser.should_keep_alive(), upgrade, self.upgrades)
+        if self.closing_after:
+            head.keep_alive = False
+        gen = self.switch.current
+        limit = gen.limits.max_body_bytes
+        if limit is not None and head.content_length is not None and head.content_length > limit:
+            # Refuse at the head: a body at/above splice.threshold never passes request_body's check.
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        host = head.host
+        if host.startswith(b"["):
+            host = host[:host.find(b"]") + 1]
+        else:
+            host = host.split(b":", 1)[0]
+        view = WireView(head.method.decode("latin-1"), head.path, head.query,
+                        host.decode("latin-1").lower(), head.headers)
+        rule, pool_name = gen.router.route(view)
+        pool = gen.pools[pool_name]
+        key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
+        ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key)
+        self.receiving = ex
+        if not head.has_body:
+            ex.req_done = True
+        elif upgrade and head.upgrade is None:
+            self.resume_body = ex  # llhttp skips this body; _resume_body has it read (no splice)
+        else:
+            ex.plan_request_splice()
+        if self.exchange is None:
+            self.exchange = ex
+            self._set_state(ex)
+            ex.start()
+        else:
+            self.queue.append(ex)
+            self.flow.pause_reading(WAITING)  # answer in order (RFC 9112 §9.3.2)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.receiving
+        if ex is not None:
+            ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.resume_body is not None:
+            return  # llhttp's "end" of an Upgrade request whose body it skipped: not the end
+        ex = self.receiving
+        self.receiving = None
+        if self.state == BODY:
+            self.state = BUSY
+            self.deadline = 0.0
+        if ex is not None:
+            ex.request_complete()
+
+    # ---- called by exchanges (ports.ClientPort), the clock and the switch ------------------------
+    def exchange_finished(self, ex: object, error: L7Error | None, request_id: str, close: bool) -> None:
+        if ex is not self.exchange:
+            return
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        assert isinstance(ex, Exchange)
+        if error is not None:
+            transport.write(error_response(error.status, request_id, error.detail if error.public else "",
+                                           close=close))
+        self.exchange = None
+        if ex is self.receiving:
+            self.receiving = None
+        if (self.pending_error is not None and not self.queue and ex.head.keep_alive
+                and not (ex.resp_eof and not ex.resp_chunked)):
+            # A later pipelined request was bad: answer it (after this self-delimited
+            # response) before closing, instead of dropping it silently.
+            self._send_error(self.pending_error)
+            return
+        if close or (self.closing_after and not self.queue):
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.exchange = nxt
+            self._set_state(nxt)
+            if not self.queue:
+                self.flow.resume_reading(WAITING)
+            nxt.start()
+            return
+        if self.pending_error is not None:
+            self._send_error(self.pending_error)
+            return
+        self.state = IDLE
+        self.deadline = time.monotonic() + self.switch.current.timeouts.client
+
+    def last_response(self) -> bool:
+        """Only the last response before a close says Connection: close: pipelined requests
+        queued behind it, or a bad one waiting for its 400, are still to be answered."""
+        return self.closing_after and not self.queue and self.pending_error is None
+
+    def request_spliced(self) -> None:
+        """A request body crossed by splice: the parser's state is stale, and the request is
+        complete as far as this connection is concerned."""
+        self.parser = httptools.HttpRequestParser(self)
+        if self.state == BODY:
+            self.state = BUSY
+            self.deadline = 0.0
+
+    def tunnel_started(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.upgrading = None
+        self.deadline = 0.0  # tunnels live until either side closes
+
+    def _set_state(self, ex: Exchange) -> None:
+        """State and deadline follow the exchange being served, never a queued one: reading is
+        paused while a request waits its turn, so its body cannot be expected meanwhile."""
+        if ex.req_done:
+            self.state = BUSY
+            self.deadline = 0.0
+        else:
+            self.state = BODY
+            self.deadline = time.monotonic() + self.switch.current.timeouts.client
+
+    def error(self, err: L7Error) -> None:
+        """A bad request: answer in order, then close (framing is in doubt)."""
+        self.flow.pause_reading(CLOSING)
+        ex = self.receiving
+        if ex is not None and ex is not self.exchange:
+            # A queued request whose body went wrong: drop it, answer the earlier ones first.
+            try:
+                self.queue.remove(ex)
+            except ValueError:
+                pass
+        self.receiving = None
+        self.resume_body = None
+        if self.exchange is not None:
+            if self.exchange.phase >= RELAYING or ex is not self.exchange:
+                self.pending_error = err
+                self.closing_after = True
+                return
+            # The exchange whose request is broken: it gets the error as its answer.
+            cur = self.exchange
+            cur.client_lost()
+            self.exchange = None
+        self._send_error(err)
+
+    def _send_error(self, err: L7Error) -> None:
+        rid = self.switch.request_id(self.switch.next_request())
+        log.info("%s %d from %s: %s", rid, err.status, self.peer_ip, err.detail)
+        if self.transport is not None and not self.closed:
+            self.transport.write(error_response(err.status, rid, err.detail if err.public else "",
+                                                close=True))
+        self.close()
+
+    def on_deadline(self, now: float) -> None:
+        state = self.state
+        if state == IDLE:
+            self.close()  # keep-alive idle: silent close, as nginx and HAProxy do
+        elif state == HEAD:
+            self.error(RequestTimeout("request header not received in time"))
+        elif state == BODY:
+            ex = self.exchange
+            if ex is not None and ex.spliced_progress():
+                # A body crossing by splice: the client is not silent, Python just does not see it.
+                self.deadline = now + self.switch.current.timeouts.client
+            elif ex is None or ex.phase < RELAYING:
+                self.error(RequestTimeout("request body stalled"))
+            else:
+                self.abort()
+        else:
+            self.abort()  # stalled mid-response: the client stopped reading
+
+    def shutdown(self) -> None:
+        """Graceful stop: close when idle, else after the current response."""
+        self.closing_after = True
+        if self.exchange is None and self.state == IDLE:
+            self.close()
+
+    def writelines(self, data: list[bytes]) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.writelines(data)
+
+    def close(self) -> None:
+        self.deadline = 0.0
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    def abort(self) -> None:
+        self.deadline = 0.0
+        t = self.transport
+        if t is not None:
+            t.abort()
+
+    def snapshot(self) -> dict[str, Any]:
+        ex = self.exchange
+        return {"peer": self.peer_ip, "state": "tunnel" if self.tunnel is not None else STATE_NAMES[self.state],
+                "requests": self.requests, "queued": len(self.queue),
+                "exchange": ex.snapshot() if ex is not None else None}
+
+    def __repr__(self) -> str:
+        return (f"<ClientConnection {self.peer_ip} {STATE_NAMES[self.state]} requests={self.requests} "
+                f"queued={len(self.queue)}>")
+
+
+class WireView(RequestView):
+    """A RequestView whose headers are decoded only if a rule looks at them."""
+
+    __slots__ = ("_raw", "_decoded")
+
+    def __init__(self, method: str, path: str, query: str, host: str,
+                 raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._decoded: list[tuple[str, str]] | None = None
+        super().__init__(method, path, query, host, [])
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        if self._decoded is None:
+            self._decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw]
+        return self._decoded
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        pass  # the raw list is the source of truth
+
+
+_UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
+
+
+def upgrade_tokens(names: tuple[str, ...]) -> frozenset[bytes]:
+    """A listener's ``upgrades`` as the lower-case tokens check_request compares (built once per
+    listener, not per connection)."""
+    tokens = _UPGRADES.get(names)
+    if tokens is None:
+        tokens = _UPGRADES[names] = frozenset(n.lower().encode("ascii") for n in names)
+    return tokens
+
+
+def _parser_message(exc: Exception) -> str:
+    msg = str(exc) or type(exc).__name__
+    return msg[:200]

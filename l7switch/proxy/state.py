@@ -1,0 +1,115 @@
+"""What the connections of one switch process share.
+
+``Generation``: one loaded rule file and the live objects built from it — the router, the server
+pools and one ``ConnectionPool`` per real server. Each request takes the generation that is
+current when its head is routed and keeps it to the end, so a reload (which makes a new
+generation current) never changes the rules under a request in flight.
+
+``SwitchState``: process-wide — the deadline clock, the client connections, the persistence
+tables, the tasks of connects in flight, a request counter for request ids, the draining flag,
+and the current generation. The runtime (runtime/switch.py) owns it; connections read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+from ..balance.build import build_pools
+from ..balance.pool import ServerPool
+from ..balance.servers import Server
+from ..balance.store import Tables
+from ..http.rules import Router
+from ..net.clock import Clock, tick_for
+from ..spec import Config
+from .upstream import ConnectionPool
+
+log = logging.getLogger("l7switch")
+
+Defer = Callable[[Callable[[], Any], Callable[[Any], None]], None]
+
+
+class Client(Protocol):
+    """A client connection, as the switch sees it when stopping or counting."""
+
+    def shutdown(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Generation:
+    __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice")
+
+    def __init__(self, config: Config, tables: Tables, clock: Clock) -> None:
+        self.config = config
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self.splice = config.splice
+        self.router = Router.from_specs(config.rules, config.default_pool)
+        self.pools: dict[str, ServerPool] = build_pools(config.pools, tables)
+        up = config.upstream
+        self.cpools: dict[Server, ConnectionPool] = {
+            s: ConnectionPool(s, up.max_idle, up.idle_timeout, config.timeouts.server,
+                              config.limits.max_response_header_bytes, clock)
+            for pool in self.pools.values() for s in pool.servers
+        }
+
+    def defer_builds(self, defer: Defer) -> None:
+        """Scheduler tables (Maglev, chash rings) are rebuilt through ``defer`` from now on."""
+        for pool in self.pools.values():
+            pool.scheduler.defer = defer
+
+    def close(self) -> None:
+        """Close the idle server connections (busy ones close with their exchanges)."""
+        for cpool in self.cpools.values():
+            cpool.close_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pools": {name: pool.snapshot() for name, pool in self.pools.items()},
+            "connection_pools": {s.address: c.snapshot() for s, c in self.cpools.items()},
+        }
+
+    def __repr__(self) -> str:
+        return f"<Generation {self.config.path} pools={list(self.pools)}>"
+
+
+class SwitchState:
+    __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
+                 "id_prefix")
+
+    def __init__(self, config: Config, tables: Tables | None = None) -> None:
+        t = config.timeouts
+        self.clock = Clock(tick_for(t.connect, t.server, t.client, t.header))
+        # Persistence tables (client address -> server...) belong to the process, not to a
+        # generation: a reload hands them to the new pools, so sessions survive it.
+        self.tables = tables if tables is not None else Tables()
+        self.current = Generation(config, self.tables, self.clock)
+        self.clients: set[Client] = set()
+        # Tasks exist only for new server connections; asyncio keeps tasks weakly, so we hold them.
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+        self.requests = 0
+        # Request ids: this process's random prefix + a counter, unique across restarts and
+        # workers without coordination (nginx's $request_id is 32 random hex digits).
+        self.id_prefix = os.urandom(3).hex()
+
+    def next_request(self) -> int:
+        self.requests += 1
+        return self.requests
+
+    def request_id(self, seq: int) -> str:
+        return f"{self.id_prefix}{seq:010x}"
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def __repr__(self) -> str:
+        return f"<SwitchState clients={len(self.clients)} requests={self.requests} {self.current!r}>"

@@ -1,0 +1,278 @@
+"""Connections to real servers: the response-side protocol and the per-server keep-alive pool.
+
+A ``ConnectionPool`` holds the idle keep-alive connections to *one* server (LIFO, so the
+warmest socket is reused first, as asyncpg's pool does), capped at ``upstream.max_idle`` and
+expired after ``upstream.idle_timeout``. A connection whose state is in doubt — a response not
+read to its end, a server that said ``Connection: close``, unexpected bytes while idle — is
+closed, never pooled again.
+
+``UpstreamConnection`` parses responses with httptools and hands each piece to its owner (the
+exchange it currently serves, through ``ports.ResponseSink``); it makes no decisions of its own
+beyond two limits llhttp does not enforce: the size of a response head and its field count.
+While a tunnel owns it (after a 101), bytes go to the tunnel instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import httptools
+
+from ..balance.servers import Server
+from ..net.clock import Clock
+from ..net.flow import FlowControl
+from ..net.tunnel import TO_CLIENT, Tunnel
+from .ports import ResponseSink
+
+# Response header fields accepted from a server; HAProxy's tune.http.maxhdr default is 101.
+MAX_RESPONSE_HEADERS = 101
+
+
+class _NoCallbacks:
+    """The parser a closed connection keeps: it refers to nothing, so the connection and its
+    parser no longer form a reference cycle that only the cyclic GC could free."""
+
+
+CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("transport", "flow", "parser", "server", "cpool", "owner", "deadline", "reused",
+                 "headers", "keep_alive", "closed", "got_bytes", "clock", "tunnel", "in_head",
+                 "head_seen")
+
+    def __init__(self, server: Server, cpool: ConnectionPool) -> None:
+        self.server = server
+        self.cpool = cpool
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.parser: httptools.HttpResponseParser = httptools.HttpResponseParser(self)
+        self.owner: ResponseSink | None = None
+        self.deadline = 0.0
+        self.reused = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.closed = False
+        self.got_bytes = False  # any byte of the current response seen
+        self.in_head = True  # a response head is being read (its bytes count against the limit)
+        self.head_seen = 0
+        self.clock: Clock = cpool.clock
+        self.tunnel: Tunnel | None = None
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.flow = FlowControl(t)
+        self.server.conns += 1
+        self.clock.watch(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.to_client(data)
+            return
+        owner = self.owner
+        if owner is None:
+            # Bytes from a server nobody asked anything of: the connection is in doubt.
+            self.close()
+            return
+        self.got_bytes = True
+        # timeouts.server is the longest silence: every byte from the server re-arms it.
+        self.deadline = time.monotonic() + self.cpool.server_timeout
+        if self.in_head:
+            # llhttp buffers an unfinished header line without limit; count what we feed it.
+            self.head_seen += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            owner.response_upgraded(data[exc.args[0]:] if exc.args else b"")
+            return
+        except httptools.HttpParserError as exc:
+            ctx = exc.__context__
+            owner.upstream_failed(f"invalid response from server: {ctx or exc}")
+            return
+        if self.in_head and self.head_seen > self.cpool.head_limit:
+            owner.upstream_failed(f"response head over {self.cpool.head_limit} bytes")
+            return
+        owner = self.owner  # may have finished (and been released) inside the callbacks
+        if owner is not None:
+            owner.after_upstream_feed()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            return self.tunnel.eof(TO_CLIENT)
+        return None  # close the transport; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.conns -= 1
+        self.clock.unwatch(self)
+        self.cpool.discard(self)
+        self.parser = CLOSED_PARSER
+        tunnel, self.tunnel = self.tunnel, None
+        owner, self.owner = self.owner, None
+        if tunnel is not None:
+            tunnel.lost(False, exc)
+        elif owner is not None:
+            owner.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The server reads what we send slower than it comes: its silence now counts.
+        if self.flow is not None:
+            self.flow.pause_writing()
+        if self.owner is not None:
+            self.owner.upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_writing()
+        if self.owner is not None:
+            self.owner.upstream_writable(True)
+
+    # ---- httptools callbacks ------------------------------------------------------------------
+    # No on_status and no on_message_begin: the client gets the standard reason phrase
+    # (RFC 9110 §15: clients ignore it; HTTP/2 dropped it), which saves two callbacks.
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        headers.append((name.lower(), value))
+        if len(headers) > MAX_RESPONSE_HEADERS:
+            raise ValueError(f"more than {MAX_RESPONSE_HEADERS} response header fields")
+
+    def on_headers_complete(self) -> None:
+        owner = self.owner
+        status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
+        headers, self.headers = self.headers, []  # reset here: no on_message_begin callback needed
+        # A 1xx is followed by the real head, which is counted afresh.
+        self.in_head = 100 <= status < 200 and status != 101
+        self.head_seen = 0
+        if owner is not None:
+            owner.response_head(status, headers)
+
+    def on_body(self, body: bytes) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.response_body(body)
+
+    def on_message_complete(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.response_complete()
+
+    # ---- used by the pool and the exchange ----------------------------------------------------
+    def attach(self, owner: ResponseSink) -> None:
+        """Serve ``owner``'s request: the next bytes from the server are its response."""
+        self.owner = owner
+        self.in_head = True
+        self.head_seen = 0
+
+    def reset_parser(self) -> None:
+        """A fresh parser after a spliced body or a HEAD response: the old one's state is stale."""
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers = []
+
+    def on_deadline(self, now: float) -> None:
+        if self.owner is not None:
+            if self.owner.upstream_timeout():
+                self.deadline = now + self.cpool.server_timeout
+        elif self.tunnel is None:
+            self.close()  # idle past upstream.idle_timeout
+
+    def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.writelines(data)
+
+    def close(self) -> None:
+        self.owner = None
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.abort()  # nothing worth flushing to a server we give up on
+
+    def __repr__(self) -> str:
+        state = ("closed" if self.closed else "tunnel" if self.tunnel is not None
+                 else "busy" if self.owner is not None else "idle")
+        return f"<UpstreamConnection {self.server.address} {state}>"
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one server; no I/O except closing what it evicts."""
+
+    __slots__ = ("server", "idle", "max_idle", "idle_timeout", "server_timeout", "head_limit", "clock",
+                 "opened", "reused")
+
+    def __init__(self, server: Server, max_idle: int, idle_timeout: float, server_timeout: float,
+                 head_limit: int, clock: Clock) -> None:
+        self.server = server
+        self.idle: list[UpstreamConnection] = []
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.server_timeout = server_timeout  # timeouts.server: the longest silence from it
+        self.head_limit = head_limit  # limits.max_response_header_bytes
+        self.clock = clock
+        self.opened = 0
+        self.reused = 0
+
+    def acquire(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # LIFO: the most recently used socket is the least likely to be stale
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                self.server.idle_conns = len(idle)
+                self.reused += 1
+                conn.reused = True
+                return conn
+        self.server.idle_conns = 0
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.owner = None
+        conn.got_bytes = False
+        if conn.closed or not conn.keep_alive or len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.deadline = time.monotonic() + self.idle_timeout
+        flow = conn.flow
+        if flow is not None:
+            flow.unlink()
+            if flow.paused_for:
+                flow.paused_for = 0
+                flow.transport.resume_reading()  # an idle connection must see the server's FIN
+        self.idle.append(conn)
+        self.server.idle_conns = len(self.idle)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        self.server.idle_conns = len(self.idle)
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConnection(self.server, self), self.server.host,
+                                   self.server.port),
+            timeout)
+        self.opened += 1
+        return conn
+
+    def close_all(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+        self.server.idle_conns = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"idle": len(self.idle), "opened": self.opened, "reused": self.reused}
+
+    def __repr__(self) -> str:
+        return (f"<ConnectionPool {self.server.address} idle={len(self.idle)}/{self.max_idle} "
+                f"opened={self.opened} reused={self.reused}>")

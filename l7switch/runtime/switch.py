@@ -1,0 +1,210 @@
+"""The switch's lifecycle, top to bottom: open listeners -> serve -> (signal) stop accepting ->
+drain -> exit.
+
+``Switch`` owns the listeners and the ``SwitchState`` every connection shares (proxy/state.py:
+the current generation of rules and pools, the deadline clock, the client connections, the
+persistence tables). Later pieces land beside it: reload.py (a new generation), workers.py (the
+master/worker model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..balance.persistence import TableSweep
+from ..balance.store import Tables
+from ..net.tls import server_context
+from ..passthrough.connection import PassthroughConnection
+from ..proxy.frontend import ClientConnection
+from ..proxy.state import Generation, SwitchState
+from ..spec import Config, ListenerSpec
+
+log = logging.getLogger("l7switch")
+
+# How long a graceful stop waits for in-flight requests (HAProxy's hard-stop-after has no
+# default; 30 s matches Kubernetes' default termination grace period).
+DEFAULT_GRACE = 30.0
+# listen(2) backlog; HAProxy's default maxconn-derived backlog is in this range, and the
+# kernel caps it at net.core.somaxconn anyway.
+BACKLOG = 4096
+
+
+class ListenError(Exception):
+    """A listener could not be opened; the message is one line an operator can act on."""
+
+
+class Switch:
+    def __init__(self, config: Config, tables: Tables | None = None) -> None:
+        self.config = config
+        self.state = SwitchState(config, tables)
+        self.state.clock.watch(TableSweep(self.state.tables, time.monotonic()))
+        self.listeners: list[asyncio.Server] = []
+        self.addresses: list[tuple[str, int]] = []
+
+    # ---- the shared state, as tests, the admin CLI and the monitor read it -------------------------
+    @property
+    def current(self) -> Generation:
+        return self.state.current
+
+    @property
+    def pools(self) -> dict[str, Any]:
+        return self.state.current.pools
+
+    @property
+    def tables(self) -> Tables:
+        return self.state.tables
+
+    @property
+    def clients(self) -> set[Any]:
+        return self.state.clients
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open every listener (all or none: one that fails closes those already open)."""
+        loop = asyncio.get_running_loop()
+        self.state.loop = loop
+        try:
+            for lst in self.config.listeners:
+                srv = await self._listen(loop, lst)
+                self.listeners.append(srv)
+                for sock in srv.sockets:
+                    self.addresses.append(sock.getsockname()[:2])
+        except BaseException:
+            for srv in self.listeners:
+                srv.close()
+            self.listeners.clear()
+            raise
+        self.state.clock.start()
+        self.state.current.defer_builds(self.defer_build)
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, lst: ListenerSpec) -> asyncio.Server:
+        state = self.state
+        factory: Callable[[], asyncio.Protocol]
+        tls: dict[str, Any] = {}
+        if lst.mode == "tls-passthrough":
+            factory = lambda: PassthroughConnection(state, lst)  # noqa: E731
+        else:
+            factory = lambda: ClientConnection(state, lst)  # noqa: E731
+            if lst.tls is not None:
+                # One context per listener, built here once; the handshake must finish within
+                # the header timeout, as the request head must (slowloris on the handshake).
+                tls = {"ssl": server_context(lst.tls), "ssl_handshake_timeout": self.config.timeouts.header}
+        try:
+            return await loop.create_server(factory, lst.host, lst.port, backlog=BACKLOG,
+                                            reuse_address=True, **tls)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {lst.address}: {_why(exc)}") from None
+
+    def defer_build(self, build: Callable[[], Any], install: Callable[[Any], None]) -> None:
+        """Build a scheduler table (Maglev, chash ring) in a worker thread, install it on the loop.
+
+        The build is pure Python, so it still shares the GIL, but the interpreter hands the GIL
+        back every 5 ms (sys.getswitchinterval), so the loop keeps serving instead of stalling for
+        the whole build; the old table answers meanwhile.
+        """
+        loop = self.state.loop
+        assert loop is not None
+        fut = loop.run_in_executor(None, build)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                log.error("scheduler table rebuild failed: %r", exc)
+                return
+            install(f.result())
+
+        fut.add_done_callback(done)
+
+    async def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``grace`` s), then close all."""
+        state = self.state
+        state.draining = True
+        for srv in self.listeners:
+            srv.close()
+        for client in list(state.clients):
+            client.shutdown()
+        deadline = time.monotonic() + grace
+        while state.clients and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for client in list(state.clients):
+            client.abort()
+        state.current.close()
+        state.clock.stop()
+        for srv in self.listeners:
+            await srv.wait_closed()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The one view of live state that tests, the admin CLI and the monitor read."""
+        return {
+            "listeners": [f"{h}:{p}" for h, p in self.addresses],
+            "clients": len(self.state.clients),
+            "requests": self.state.requests,
+            **self.state.current.snapshot(),
+        }
+
+    def __repr__(self) -> str:
+        return f"<Switch {self.addresses} pools={list(self.pools)} clients={len(self.state.clients)}>"
+
+
+def _why(exc: OSError) -> str:
+    """"address already in use", in the words operators know from other servers' logs."""
+    if exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    text = str(exc)
+    return text.rpartition("): ")[2] or text  # uvloop: "error while attempting to bind on address (...): ..."
+
+
+def raise_fd_limit() -> int:
+    """Each proxied connection costs two fds (six while a body splices): lift the soft limit to
+    the hard one, as HAProxy does at start-up. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
+
+
+def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT, then stop accepting and finish in-flight requests.
+    Returns the exit status: 0, or 1 when a listener cannot be opened (one line on stderr)."""
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    raise_fd_limit()
+
+    async def main() -> int:
+        switch = Switch(config)
+        try:
+            await switch.start()
+        except ListenError as exc:
+            log.error("%s", exc)
+            return 1
+        for host, port in switch.addresses:
+            log.info("l7switch listening on %s:%d (%s)", host, port, config.path)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: no new connections, finishing %d in flight", len(switch.clients))
+        await switch.stop()
+        return 0
+
+    return uvloop.run(main())
+

@@ -1,0 +1,157 @@
+"""The frozen objects a rule file becomes: what every other layer of l7switch is built from.
+
+A leaf module: it imports nothing of ours. ``config/`` writes these (after checking everything,
+with positions); ``http/rules.py`` compiles the match trees, ``balance/build.py`` turns pool specs
+into live pools, and the runtime serves the listeners. Nothing here changes after loading: a reload
+builds a new ``Config`` and compares it with the old one, which is why every value is plain,
+hashable data that compares by value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Upgrade tokens a listener turns into tunnels unless told otherwise (RFC 9110 §7.8; the
+# allow-list approach of Envoy's upgrade_configs). h2c is never tunnelled: see http/message.py.
+DEFAULT_UPGRADES: tuple[str, ...] = ("websocket",)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSpec:
+    """TLS termination on a listener."""
+    certs: tuple[tuple[str, str], ...]  # (certificate chain file, key file); the first is the default
+    min_version: str = "TLSv1.2"  # Mozilla "intermediate": TLS 1.2 and 1.3
+    alpn: tuple[str, ...] = ("http/1.1",)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    host: str
+    port: int  # 0 = any free port (tests)
+    mode: str = "http"  # "http" (optionally with tls) or "tls-passthrough"
+    tls: TLSSpec | None = None  # http mode: terminate TLS with these certificates
+    sni: tuple[tuple[str, str], ...] = ()  # tls-passthrough: (host name or *.domain, pool), in order
+    default_pool: str | None = None  # tls-passthrough: pool when no SNI entry matches
+    upgrades: tuple[str, ...] = DEFAULT_UPGRADES  # http: Upgrade tokens that may become tunnels
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    name: str
+    host: str  # IPv6 without brackets; a host name is resolved by the checker unless resolve_later
+    port: int
+    weight: int = 1  # ipvsadm's default weight; 0 = quiesced (drain, no new requests)
+    cookie: str | None = None  # explicit persistence cookie value (HAProxy "server ... cookie X")
+    resolve_later: bool = False  # `resolve: later`: the name may not resolve at check time
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PersistenceSpec:
+    """One persistence method per pool (``persistence:``)."""
+    method: str  # "cookie", "source" or "ssl_session"
+    cookie_name: str = "SRVID"
+    cookie_mode: str = "insert"  # insert | rewrite | prefix
+    secure: bool = False
+    httponly: bool = True
+    max_age: int | None = None  # seconds; None = a session cookie
+    domain: str | None = None
+    timeout: float = 300.0  # source / ssl_session idle timeout: ipvsadm -p's default 300 s
+    netmask: int = 32  # source: IPv4 prefix length (ipvsadm -M, default 255.255.255.255)
+    netmask6: int = 128  # source: IPv6 prefix length
+    max_entries: int = 100_000  # source / ssl_session table bound
+    redispatch: bool = True  # sticky server down or refusing: pick another (HAProxy option redispatch)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    name: str
+    scheduler: str
+    servers: tuple[ServerSpec, ...]
+    scheduler_options: Mapping[str, Any]  # types.MappingProxyType
+    persistence: PersistenceSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatchSpec:
+    """One node of a rule's ``match`` tree, as written; http/rules.py compiles it into a test.
+
+    ``kind`` is a match key (path_prefix, path_regex, extension, host, method, header, cookie,
+    query) or a composition (all, any, not), or "always" for a rule without conditions.
+    """
+    kind: str
+    values: tuple[str, ...] = ()  # path_prefix: (prefix,); extension, host, method: the list
+    name: str = ""  # header, cookie, query: the field's name as written
+    pattern: re.Pattern[str] | None = None  # path_regex, header, cookie, query
+    children: tuple[MatchSpec, ...] = ()  # all, any; not has exactly one
+    implicit: bool = False  # all: the several keys of one match mapping, not an explicit `all:`
+
+
+ALWAYS = MatchSpec("always")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    name: str | None
+    index: int  # 0-based position in the rule list
+    pool: str
+    line: int  # 1-based line of the rule in its file (0 if built in code)
+    match: MatchSpec = ALWAYS
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name is not None else f"#{self.index + 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Each is the longest a party may stay silent (HAProxy's timeout semantics), except
+    ``header``, which is a total deadline for a request head (HAProxy ``timeout http-request``)."""
+    connect: float = 5.0  # Envoy cluster connect_timeout default 5s (nginx proxy_connect_timeout: 60s)
+    server: float = 60.0  # silence from a server that owes us bytes; nginx proxy_read_timeout 60s
+    client: float = 60.0  # silence from a client sending a body or not reading; nginx client_body_timeout 60s
+    header: float = 10.0  # HAProxy "timeout http-request", commonly set to 10s against slowloris
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_header_bytes: int = 32768  # Kestrel MaxRequestHeadersTotalSize 32 KB
+    max_headers: int = 100  # Envoy max_headers_count 100 (Kestrel MaxRequestHeaderCount 100)
+    max_body_bytes: int | None = None  # unlimited, as HAProxy and Envoy (nginx client_max_body_size: 1m)
+    # A server's response head; Envoy's max_response_headers_kb defaults to 60 KiB.
+    max_response_header_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    max_idle: int = 64  # per server; our choice, above nginx's documented "keepalive 16" example
+    idle_timeout: float = 60.0  # nginx keepalive_timeout 60s (upstream, since 1.15.3)
+
+
+@dataclass(frozen=True, slots=True)
+class SpliceSpec:
+    enabled: bool = True  # used only where os.splice exists (Linux); cf. HAProxy "option splice-auto"
+    threshold: int = 65536  # one pipe buffer: Linux's default pipe capacity is 64 KiB
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    listeners: tuple[ListenerSpec, ...]
+    pools: Mapping[str, PoolSpec]
+    rules: tuple[RuleSpec, ...]
+    default_pool: str
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    upstream: UpstreamSpec = field(default_factory=UpstreamSpec)
+    splice: SpliceSpec = field(default_factory=SpliceSpec)
