@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test check bench clean
+.PHONY: run test typecheck test-pure test-sockets check bench clean
 
 $(BIN)/l7switch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,17 @@ $(BIN)/l7switch: pyproject.toml
 run: $(BIN)/l7switch
 	$(BIN)/l7switch demo
 
-test: $(BIN)/l7switch
-	$(BIN)/python -m pytest -q
+# Everything CI runs: types, then the pure tests (seconds), then the socket tests.
+test: typecheck test-pure test-sockets
+
+typecheck: $(BIN)/l7switch
+	$(BIN)/mypy
+
+test-pure: $(BIN)/l7switch
+	$(BIN)/python -m pytest -q tests/pure
+
+test-sockets: $(BIN)/l7switch
+	$(BIN)/python -m pytest -q tests/sockets
 
 check: $(BIN)/l7switch
 	$(BIN)/l7switch check rules/demo.yaml

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from ..version import __version__
 from ..balance.build import explain_choice
 from ..config import load_config
 from ..errors import ConfigError

@@ -182,6 +182,18 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
+_UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
+
+
+def upgrade_tokens(names: tuple[str, ...]) -> frozenset[bytes]:
+    """A listener's ``upgrades`` as the lower-case tokens check_request compares (built once per
+    listener, not per connection)."""
+    tokens = _UPGRADES.get(names)
+    if tokens is None:
+        tokens = _UPGRADES[names] = frozenset(n.lower().encode("ascii") for n in names)
+    return tokens
+
+
 def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], version: str,
                   keep_alive: bool, upgrade: bool,
                   upgrades: frozenset[bytes] = DEFAULT_UPGRADES) -> RequestHead:

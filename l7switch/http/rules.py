@@ -102,6 +102,29 @@ class RequestView:
         return f"<RequestView {self.method} {self.host}{self.path}{q}>"
 
 
+class WireView(RequestView):
+    """A RequestView whose headers are decoded only if a rule looks at them."""
+
+    __slots__ = ("_raw", "_decoded")
+
+    def __init__(self, method: str, path: str, query: str, host: str,
+                 raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._decoded: list[tuple[str, str]] | None = None
+        super().__init__(method, path, query, host, [])
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        if self._decoded is None:
+            self._decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw]
+        return self._decoded
+
+    @headers.setter
+    def headers(self, value: list[tuple[str, str]]) -> None:
+        pass  # the raw list is the source of truth
+
+
+
 def host_of(authority: str) -> str:
     """Host part of an authority, lower-cased, without userinfo or port ("[::1]" keeps brackets)."""
     host = authority.rpartition("@")[2].strip().lower()

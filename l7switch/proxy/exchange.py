@@ -33,24 +33,19 @@ from typing import Any
 from ..balance.dispatch import choose, choose_again
 from ..balance.pool import ServerPool
 from ..balance.servers import Server
-from ..errors import BadGateway, GatewayTimeout, L7Error, PayloadTooLarge, ServiceUnavailable
-from ..http.message import RequestHead, forward_request_head, forward_response_head, parse_content_length
+from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
+from ..http.framing import response_framing
+from ..http.message import RequestHead, forward_request_head, forward_response_head
 from ..net import flow
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
 from ..net.splice import SpliceJob
 from ..net.tunnel import Tunnel
+from .body import CHUNK_END, RequestBody
 from .ports import ClientPort
 from .state import Generation, SwitchState
 from .upstream import ConnectionPool, UpstreamConnection
 
 log = logging.getLogger("l7switch")
-
-CHUNK_END = b"0\r\n\r\n"
-NO_BODY_STATUS = (204, 304)
-# Request body bytes kept for a resend while a reused keep-alive connection has not answered
-# yet: a request that met a connection the server had just closed goes again, whole, on a new
-# one. Four times the write high-water mark; a bigger body sent before any answer is not kept.
-REPLAY_LIMIT = 4 * HIGH_WATER
 
 
 class Phase(IntEnum):
@@ -71,10 +66,9 @@ QUEUED, CONNECTING, AWAITING, UPGRADING, RELAYING, SPLICING, COMPLETE, TUNNEL, D
 class Exchange:
     __slots__ = (
         "client", "gen", "state", "head", "pool", "route", "key", "seq", "phase", "server", "cpool",
-        "up", "t0", "to_up", "pending", "pending_size", "replay", "replay_size", "req_done",
-        "req_body", "req_splice_left", "attempts", "status", "resp_chunked", "resp_eof", "no_body",
-        "resp_close", "resp_splice_left", "to_client", "jobs", "progress", "tunnel_data", "sticky",
-        "sticky_key", "cookies",
+        "up", "t0", "body", "resendable", "req_done", "req_splice_left", "attempts", "status",
+        "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "jobs",
+        "progress", "tunnel_data", "sticky", "sticky_key", "cookies",
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
@@ -92,13 +86,9 @@ class Exchange:
         self.cpool: ConnectionPool | None = None
         self.up: UpstreamConnection | None = None
         self.t0 = time.monotonic()
-        self.to_up: list[bytes] = []  # request bytes produced by one client read, written at once
-        self.pending: list[bytes] | None = []  # request body bytes held while connecting
-        self.pending_size = 0
-        self.replay: list[bytes] | None = None  # body bytes sent on a reused connection, for a resend
-        self.replay_size = 0
-        self.req_done = False
-        self.req_body = 0
+        self.body = RequestBody(head.chunked, gen.limits.max_body_bytes) if head.has_body else None
+        self.resendable = False  # sent on a reused connection that has not answered yet
+        self.req_done = not head.has_body  # the request has gone up in full (or is on its way)
         self.req_splice_left = 0
         self.attempts = 0
         self.status = 0
@@ -143,30 +133,20 @@ class Exchange:
         if conn is not None:
             self._attach(conn)
         else:
-            self.state.spawn(self._connect(cpool))
+            self._open(cpool)
 
-    async def _connect(self, cpool: ConnectionPool) -> None:
+    def _open(self, cpool: ConnectionPool) -> None:
         self.attempts += 1
-        address = cpool.server.address
-        try:
-            conn = await cpool.connect(self.gen.timeouts.connect)
-        except asyncio.TimeoutError:
-            self._connect_failed(GatewayTimeout(f"connect to {address} timed out"))
-            return
-        except OSError as exc:
-            self._connect_failed(ServiceUnavailable(f"connect to {address} failed: {exc.strerror or exc}"),
-                                 refused=True)
-            return
-        except Exception as exc:  # never leave the client without an answer
-            log.exception("connect to %s failed", address)
-            self._connect_failed(BadGateway(f"connect to {address} failed: {exc!r}"))
-            return
+        cpool.open(self.gen.timeouts.connect, self._connected, self._connect_failed)
+
+    def _connected(self, conn: UpstreamConnection) -> None:
         if self.phase == DONE:
-            cpool.release(conn)  # the client left meanwhile: the fresh connection is still good
+            assert self.cpool is not None
+            self.cpool.release(conn)  # the client left meanwhile: the fresh connection is still good
         else:
             self._attach(conn)
 
-    def _connect_failed(self, err: L7Error, refused: bool = False) -> None:
+    def _connect_failed(self, err: L7Error, refused: bool) -> None:
         server = self.server
         assert server is not None
         server.failures += 1
@@ -197,19 +177,20 @@ class Exchange:
         conn.deadline = time.monotonic() + self.gen.timeouts.server if self.req_done else 0.0
         head = forward_request_head(self.head, client.peer_ip, client.proto, self.head.chunked,
                                     self.cookies)
-        pending, self.pending = self.pending, None
-        if self.pending_size > HIGH_WATER:
+        # A reused connection may turn out to be one the server has just closed: what is sent
+        # is kept until the server answers, so the request can go again, whole.
+        self.resendable = conn.reused and self.head.upgrade is None
+        body = self.body
+        if body is None:
+            conn.write(head)
+            return
+        if body.held_size > HIGH_WATER:
             client.flow.resume_reading(PEER_FULL)  # held while connecting; the link takes over
-        if conn.reused and self.head.upgrade is None:
-            # A reused connection may turn out to be one the server has just closed: keep what
-            # is sent until the server answers, so the request can go again, whole.
-            self.replay = list(pending) if pending else []
-            self.replay_size = self.pending_size
-        if pending:
-            conn.writelines([head, *pending])
+        held = body.connected(self.resendable)
+        if held:
+            conn.writelines([head, *held])
         else:
             conn.write(head)
-        self.pending_size = 0
         if self.req_splice_left and not self.req_done and not client.feeding:
             # Inside a parser callback the current read's body bytes are still to come through
             # on_body; after_client_feed starts the splice once the parser has consumed them.
@@ -226,30 +207,16 @@ class Exchange:
             self.req_splice_left = cl  # reduced by what the first read already carried
 
     def request_body(self, data: bytes) -> None:
-        n = len(data)
-        self.req_body += n
-        limit = self.gen.limits.max_body_bytes
-        if limit is not None and self.req_body > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        framed = (b"%x\r\n" % n, data, b"\r\n") if self.head.chunked else (data,)
-        pending = self.pending
-        if pending is not None:
-            pending.extend(framed)
-            self.pending_size += n
-            if self.pending_size > HIGH_WATER:
-                self.client.flow.pause_reading(PEER_FULL)  # no server yet: stop reading the client
-        else:
-            self.to_up.extend(framed)
+        assert self.body is not None
+        if self.body.add(data):
+            self.client.flow.pause_reading(PEER_FULL)  # no server yet: stop reading the client
 
     def request_complete(self) -> None:
         if self.req_done:
             return
         self.req_done = True
-        if self.head.chunked and self.head.upgrade is None:  # (an Upgrade's body is the tunnel's)
-            if self.pending is not None:
-                self.pending.append(CHUNK_END)
-            else:
-                self.to_up.append(CHUNK_END)
+        if self.body is not None and self.head.upgrade is None:  # (an Upgrade's body is the tunnel's)
+            self.body.end()
         up = self.up
         if up is not None and self.phase == AWAITING:
             up.deadline = time.monotonic() + self.gen.timeouts.server  # now the server owes an answer
@@ -258,38 +225,31 @@ class Exchange:
 
     def after_client_feed(self) -> None:
         """Write what one client read produced, as one write."""
-        up = self.up
-        if up is None:
+        up, body = self.up, self.body
+        if up is None or body is None:
             return
-        if self.to_up:
-            out, self.to_up = self.to_up, []
-            replay = self.replay
-            if replay is not None:
-                replay.extend(out)
-                self.replay_size += sum(map(len, out))
-                if self.replay_size > REPLAY_LIMIT:
-                    self.replay = None
-            up.writelines(out)
+        if body.batch:
+            up.writelines(body.take_batch())
         if self.req_splice_left and not self.req_done and not self.jobs:
             self._start_request_splice()
 
     def _start_request_splice(self) -> None:
-        left = (self.head.content_length or 0) - self.req_body
+        body, up = self.body, self.up
+        assert body is not None and up is not None and up.flow is not None
+        left = (self.head.content_length or 0) - body.received
         if left <= 0:
             self.req_splice_left = 0
             return
-        up = self.up
-        assert up is not None and up.flow is not None
         self.req_splice_left = left
-        self.replay = None  # spliced bytes never pass through Python: no resend is possible
+        self.resendable = False  # spliced bytes never pass through Python: no resend is possible
         self.client.flow.pause_reading(flow.SPLICING)
-        if self.to_up:
-            out, self.to_up = self.to_up, []
-            up.writelines(out)
+        if body.batch:
+            up.writelines(body.take_batch())
         self._splice_when_drained(self.client.flow, up.flow, left, self._request_spliced)
 
     def _request_spliced(self, moved: int, error: BaseException | None) -> None:
-        self.req_body += moved
+        assert self.body is not None
+        self.body.received += moved
         self.req_splice_left = 0
         if error is not None:
             self.client.abort()
@@ -328,38 +288,14 @@ class Exchange:
             self.resp_close = True
             if up is not None:
                 up.keep_alive = False
-        cl = None
-        chunked = False
-        for name, value in headers:
-            if name == b"content-length":
-                cl = parse_content_length(value.split(b",")[0])
-            elif name == b"transfer-encoding":
-                chunked = True
-        if self.head.method == b"HEAD" or status in NO_BODY_STATUS:
-            self.no_body = True
-            framing = b"Content-Length: %d\r\n" % cl if cl is not None else b""
-        elif chunked:
-            if self.head.version == "1.1":
-                self.resp_chunked = True
-                framing = b"Transfer-Encoding: chunked\r\n"
-            else:
-                self.resp_close = True  # an HTTP/1.0 client gets the de-chunked body up to close
-                framing = b""
-        elif cl is not None:
-            framing = b"Content-Length: %d\r\n" % cl
+        framing, self.resp_chunked, self.resp_eof, self.no_body, self.resp_close, length = \
+            response_framing(self.head.method, self.head.version, status, headers, self.resp_close)
+        if self.resp_eof and up is not None:
+            up.keep_alive = False  # the body ends with the connection
+        if length is not None:
             splice = self.gen.splice
-            if splice.enabled and cl >= splice.threshold and not self.client.tls:
-                self.resp_splice_left = cl
-        else:
-            self.resp_eof = True
-            if up is not None:
-                up.keep_alive = False
-            if self.head.version == "1.1" and not self.resp_close:
-                self.resp_chunked = True  # keep the client's connection: re-frame as chunked
-                framing = b"Transfer-Encoding: chunked\r\n"
-            else:
-                self.resp_close = True
-                framing = b""
+            if splice.enabled and length >= splice.threshold and not self.client.tls:
+                self.resp_splice_left = length
         if self.client.last_response():
             self.resp_close = True
         self.phase = RELAYING
@@ -396,7 +332,7 @@ class Exchange:
     def after_upstream_feed(self) -> None:
         if self.phase == DONE:
             return
-        self.replay = None  # the server answered: the connection was not stale
+        self.resendable = False  # the server answered: the connection was not stale
         if self.to_client:
             out, self.to_client = self.to_client, []
             self.client.writelines(out)
@@ -554,15 +490,17 @@ class Exchange:
         if self.phase >= RELAYING:
             self._abort_both()  # truncated: the client must see an incomplete message
             return
-        if up is not None and up.reused and not up.got_bytes and self.replay is not None:
+        body = self.body
+        if (up is not None and self.resendable and not up.got_bytes
+                and (body is None or body.kept is not None)):
             # A pooled keep-alive connection the server had already closed: nothing reached
             # it, so the request goes again, whole, on a fresh connection (RFC 9112 §9.3.1).
-            self.pending = self.replay + self.to_up
-            self.pending_size = self.replay_size
-            self.replay, self.to_up = None, []
+            if body is not None:
+                body.resend()
+            self.resendable = False
             self.phase = CONNECTING
             assert self.cpool is not None
-            self.state.spawn(self._connect(self.cpool))
+            self._open(self.cpool)
             return
         if self.server is not None:
             self.server.failures += 1

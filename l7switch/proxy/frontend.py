@@ -21,8 +21,8 @@ from typing import Any, cast
 import httptools
 
 from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
-from ..http.message import DEFAULT_UPGRADES, check_request, error_response
-from ..http.rules import RequestView
+from ..http.message import DEFAULT_UPGRADES, check_request, error_response, upgrade_tokens
+from ..http.rules import WireView
 from ..net.flow import CLOSING, HIGH_WATER, SPLICING, WAITING, FlowControl
 from ..net.tunnel import TO_SERVER, Tunnel
 from ..spec import ListenerSpec
@@ -297,12 +297,11 @@ class ClientConnection(asyncio.Protocol):
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
         ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key)
         self.receiving = ex
-        if not head.has_body:
-            ex.req_done = True
-        elif upgrade and head.upgrade is None:
-            self.resume_body = ex  # llhttp skips this body; _resume_body has it read (no splice)
-        else:
-            ex.plan_request_splice()
+        if head.has_body:
+            if upgrade and head.upgrade is None:
+                self.resume_body = ex  # llhttp skips this body; _resume_body has it read (no splice)
+            else:
+                ex.plan_request_splice()
         if self.exchange is None:
             self.exchange = ex
             self._set_state(ex)
@@ -473,40 +472,6 @@ class ClientConnection(asyncio.Protocol):
     def __repr__(self) -> str:
         return (f"<ClientConnection {self.peer_ip} {STATE_NAMES[self.state]} requests={self.requests} "
                 f"queued={len(self.queue)}>")
-
-
-class WireView(RequestView):
-    """A RequestView whose headers are decoded only if a rule looks at them."""
-
-    __slots__ = ("_raw", "_decoded")
-
-    def __init__(self, method: str, path: str, query: str, host: str,
-                 raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
-        self._decoded: list[tuple[str, str]] | None = None
-        super().__init__(method, path, query, host, [])
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        if self._decoded is None:
-            self._decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw]
-        return self._decoded
-
-    @headers.setter
-    def headers(self, value: list[tuple[str, str]]) -> None:
-        pass  # the raw list is the source of truth
-
-
-_UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
-
-
-def upgrade_tokens(names: tuple[str, ...]) -> frozenset[bytes]:
-    """A listener's ``upgrades`` as the lower-case tokens check_request compares (built once per
-    listener, not per connection)."""
-    tokens = _UPGRADES.get(names)
-    if tokens is None:
-        tokens = _UPGRADES[names] = frozenset(n.lower().encode("ascii") for n in names)
-    return tokens
 
 
 def _parser_message(exc: Exception) -> str:

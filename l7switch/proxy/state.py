@@ -43,7 +43,8 @@ class Client(Protocol):
 class Generation:
     __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice")
 
-    def __init__(self, config: Config, tables: Tables, clock: Clock) -> None:
+    def __init__(self, config: Config, tables: Tables, clock: Clock,
+                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.config = config
         self.timeouts = config.timeouts
         self.limits = config.limits
@@ -53,7 +54,7 @@ class Generation:
         up = config.upstream
         self.cpools: dict[Server, ConnectionPool] = {
             s: ConnectionPool(s, up.max_idle, up.idle_timeout, config.timeouts.server,
-                              config.limits.max_response_header_bytes, clock)
+                              config.limits.max_response_header_bytes, clock, spawn)
             for pool in self.pools.values() for s in pool.servers
         }
 
@@ -87,7 +88,7 @@ class SwitchState:
         # Persistence tables (client address -> server...) belong to the process, not to a
         # generation: a reload hands them to the new pools, so sessions survive it.
         self.tables = tables if tables is not None else Tables()
-        self.current = Generation(config, self.tables, self.clock)
+        self.current = Generation(config, self.tables, self.clock, self.spawn)
         self.clients: set[Client] = set()
         # Tasks exist only for new server connections; asyncio keeps tasks weakly, so we hold them.
         self.tasks: set[asyncio.Task[None]] = set()

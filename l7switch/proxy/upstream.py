@@ -15,16 +15,21 @@ While a tunnel owns it (after a 101), bytes go to the tunnel instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import httptools
 
 from ..balance.servers import Server
+from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
 from ..net.clock import Clock
 from ..net.flow import FlowControl
 from ..net.tunnel import TO_CLIENT, Tunnel
 from .ports import ResponseSink
+
+log = logging.getLogger("l7switch")
 
 # Response header fields accepted from a server; HAProxy's tune.http.maxhdr default is 101.
 MAX_RESPONSE_HEADERS = 101
@@ -206,10 +211,10 @@ class ConnectionPool:
     """Idle keep-alive connections to one server; no I/O except closing what it evicts."""
 
     __slots__ = ("server", "idle", "max_idle", "idle_timeout", "server_timeout", "head_limit", "clock",
-                 "opened", "reused")
+                 "spawn", "opened", "reused")
 
     def __init__(self, server: Server, max_idle: int, idle_timeout: float, server_timeout: float,
-                 head_limit: int, clock: Clock) -> None:
+                 head_limit: int, clock: Clock, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.server = server
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
@@ -217,6 +222,7 @@ class ConnectionPool:
         self.server_timeout = server_timeout  # timeouts.server: the longest silence from it
         self.head_limit = head_limit  # limits.max_response_header_bytes
         self.clock = clock
+        self.spawn = spawn  # SwitchState.spawn: keeps a reference to the Task
         self.opened = 0
         self.reused = 0
 
@@ -263,6 +269,28 @@ class ConnectionPool:
             timeout)
         self.opened += 1
         return conn
+
+    def open(self, timeout: float, ready: Callable[[UpstreamConnection], None],
+             failed: Callable[[L7Error, bool], None]) -> None:
+        """Open a new connection in a Task (the only Task a request may cost): ``ready(conn)``,
+        or ``failed(error, refused)`` — refused means nothing reached the server, so another
+        server may be tried."""
+        self.spawn(self._open(timeout, ready, failed))
+
+    async def _open(self, timeout: float, ready: Callable[[UpstreamConnection], None],
+                    failed: Callable[[L7Error, bool], None]) -> None:
+        address = self.server.address
+        try:
+            conn = await self.connect(timeout)
+        except asyncio.TimeoutError:
+            failed(GatewayTimeout(f"connect to {address} timed out"), False)
+        except OSError as exc:
+            failed(ServiceUnavailable(f"connect to {address} failed: {exc.strerror or exc}"), True)
+        except Exception as exc:  # never leave a request without an answer
+            log.exception("connect to %s failed", address)
+            failed(BadGateway(f"connect to {address} failed: {exc!r}"), False)
+        else:
+            ready(conn)
 
     def close_all(self) -> None:
         for conn in self.idle:

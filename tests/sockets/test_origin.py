@@ -15,9 +15,15 @@ from collections.abc import Iterator
 
 import h11
 import pytest
+from kit import LoopThread, connect, read_response, recv_until_close
 
-from l7switch.devtools.origin import OriginRequest, OriginResponse, OriginServer, pattern_bytes, standard_handler
-from helpers import LoopThread, connect, read_response, recv_until_close  # conftest puts tests/ on sys.path
+from l7switch.devtools.origin import (
+    OriginRequest,
+    OriginResponse,
+    OriginServer,
+    pattern_bytes,
+    standard_handler,
+)
 
 
 @pytest.fixture(scope="module")

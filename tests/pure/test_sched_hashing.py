@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from l7switch.balance.servers import Server
 from l7switch.balance.schedulers import SCHEDULERS, Scheduler, create
 from l7switch.balance.schedulers.chash import point_hash
 from l7switch.balance.schedulers.maglev import default_table_size, is_prime, populate
+from l7switch.balance.servers import Server
 
 
 def servers(*weights: int) -> list[Server]:

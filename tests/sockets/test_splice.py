@@ -9,8 +9,7 @@ import socket
 import time
 
 import pytest
-from conftest import read_head, simple_config
-from wire import Conn, get
+from kit import Conn, get, read_head, simple_config
 
 import l7switch.net.splice
 from l7switch.devtools.origin import pattern_bytes
@@ -262,7 +261,7 @@ def test_websocket_client_abort_closes_origin(lt, raw_origin, switch_factory):
     c.send(b"ping")
     assert c.sock.recv(10) == b"ping"
     c.close()
-    from wire import wait_for
+    from kit import wait_for
     assert wait_for(lambda: ("eof", None) in events, 3)
     assert wait_for(lambda: lt.call(sw.snapshot)["clients"] == 0, 3)
 
@@ -359,7 +358,7 @@ def test_client_abort_mid_large_response_cleans_up(lt, proxy, enabled):
     c.read_head()
     c.sock.recv(1000)
     c.close()
-    from wire import wait_for
+    from kit import wait_for
     assert wait_for(lambda: lt.call(sw.snapshot)["clients"] == 0, 3)
     # and the switch still serves
     with Conn(sw.port) as c2:

@@ -8,14 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from l7switch.config import load_config, parse_config
-from l7switch.errors import ConfigError, ConfigIssue
-from l7switch.spec import Config, Limits, ListenerSpec, PoolSpec, ServerSpec, SpliceSpec, Timeouts, UpstreamSpec
 from l7switch.balance.schedulers import KEY_OPTIONS, SCHEDULERS, Option, Scheduler
 from l7switch.balance.schedulers.base import integer
+from l7switch.config import load_config, parse_config
 from l7switch.config.yamlnodes import parse_address, parse_duration, parse_size
+from l7switch.errors import ConfigError, ConfigIssue
+from l7switch.spec import (
+    Config,
+    Limits,
+    ListenerSpec,
+    PoolSpec,
+    ServerSpec,
+    SpliceSpec,
+    Timeouts,
+    UpstreamSpec,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 GOOD = """\
 listen:

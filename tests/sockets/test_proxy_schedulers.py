@@ -6,19 +6,11 @@ from __future__ import annotations
 import collections
 
 import pytest
-from wire import Conn, get
+from kit import Conn, get, pool_config
 
 from l7switch.balance.schedulers import SCHEDULERS
 
 KEYED = sorted(name for name, cls in SCHEDULERS.items() if "hash_key" in cls.options)
-
-
-def pool_config(ports: list[int], scheduler: str, options: str = "{}", weights: list[int] | None = None) -> str:
-    weights = weights or [1] * len(ports)
-    servers = ", ".join(f"{{address: 127.0.0.1:{p}, weight: {w}, name: o{i}}}"
-                        for i, (p, w) in enumerate(zip(ports, weights)))
-    return (f"listen: [{{address: 127.0.0.1:0}}]\ndefault_pool: p\npools:\n  p:\n"
-            f"    scheduler: {scheduler}\n    scheduler_options: {options}\n    servers: [{servers}]\n")
 
 
 @pytest.fixture
@@ -105,13 +97,3 @@ def test_a_dead_servers_keys_move_and_the_rest_stay(name, three, switch_factory,
             assert after[p] == before[p], p
 
 
-def test_scheduler_option_errors_fail_the_load(tmp_path):
-    from l7switch.config import parse_config
-    from l7switch.errors import ConfigError
-
-    with pytest.raises(ConfigError) as e:
-        parse_config(pool_config([1, 2], "lard", "{t_low: 70, t_high: 65}"), "f.yaml")
-    assert "t_low (70) must be below t_high (65)" in str(e.value)
-    with pytest.raises(ConfigError) as e:
-        parse_config(pool_config([1, 2], "maglev", "{table_size: 100}"), "f.yaml")
-    assert "table_size" in str(e.value)

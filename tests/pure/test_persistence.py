@@ -4,6 +4,7 @@ fake clock, redispatch verdicts, explain lines and the rule-file section (no soc
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,17 +12,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l7switch.balance.build import build_pool, explain_choice
-from l7switch.config import parse_config
-from l7switch.errors import ConfigError
-from l7switch.spec import PersistenceSpec, PoolSpec
-from l7switch.config.persist import parse_persistence
-from l7switch.http.message import RequestHead, forward_request_head, forward_response_head
-from l7switch.balance.persistence import (PICK, REFUSE, STICK, CookiePersistence, SourcePersistence,
-                                  edit_cookie_field, edit_set_cookie, scan_request_cookies,
-                                  server_cookie_id, source_key)
-from l7switch.http.rules import RequestView
+from l7switch.balance.persistence import (
+    PICK,
+    REFUSE,
+    STICK,
+    CookiePersistence,
+    SourcePersistence,
+    edit_cookie_field,
+    edit_set_cookie,
+    scan_request_cookies,
+    server_cookie_id,
+    source_key,
+)
+from l7switch.balance.pool import ServerPool
 from l7switch.balance.store import MemoryStore, Tables
+from l7switch.config import load_config, parse_config
+from l7switch.config.persist import parse_persistence
 from l7switch.config.yamlnodes import Issues
+from l7switch.errors import ConfigError
+from l7switch.http.message import RequestHead, forward_request_head, forward_response_head
+from l7switch.http.rules import RequestView
+from l7switch.spec import PersistenceSpec, PoolSpec
 
 PINNED_A1 = "950840a92fe7c263"  # server_cookie_id("app", "a1")
 
@@ -488,3 +499,13 @@ pools:
         "f.yaml:5:47: pools.b.persistence: cookie 'SRVID' is also used by pool 'a', whose servers "
         "have other ids; a client of both would have it overwritten by each. Give each pool its own "
         "cookie name (or the same servers the same explicit cookie values)"]
+
+
+def test_config_errors_name_file_and_line(tmp_path: Path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("listen: [{address: 127.0.0.1:0}]\ndefault_pool: app\npools:\n  app:\n"
+                    "    servers: [127.0.0.1:9001]\n    persistence: {cookie: {mode: insrt}}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [str(i) for i in exc.value.issues] == [
+        f"{path}:6:34: pools.app.persistence.cookie.mode: unknown mode 'insrt'; did you mean 'insert'?"]

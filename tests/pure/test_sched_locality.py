@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from l7switch.balance.servers import Server
 from l7switch.balance.schedulers import Scheduler, create
 from l7switch.balance.schedulers._locality import KeyTable, most_loaded
+from l7switch.balance.servers import Server
 
 
 class FakeClock:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Iterator
 
 import pytest
+from kit import LoopThread, check_png, connect, read_response, recv_until_close
 
-from helpers import LoopThread, connect, read_response, recv_until_close  # conftest puts tests/ on sys.path
-from l7switch.config import load_config
-from l7switch.devtools.demo import DEMO_CONFIG, GIF_1X1, Demo, banner, make_ico, make_png, start_demo
+from l7switch.devtools.demo import DEMO_CONFIG, GIF_1X1, Demo, banner, make_png, start_demo
 
 
 @pytest.fixture(scope="module")
@@ -24,35 +21,6 @@ def fetch(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str
     with connect(port) as s:
         s.sendall(f"{method} {path} HTTP/1.1\r\nHost: demo.test\r\n\r\n".encode())
         return read_response(s)
-
-
-def check_png(data: bytes) -> tuple[int, int]:
-    """Walk every chunk, verify CRCs and that IDAT inflates to the right size; (width, height)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks, idat = 8, [], b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert zlib.crc32(kind + body) == crc, kind
-        chunks.append(kind)
-        if kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND" and b"IDAT" in chunks
-    width, height, depth, ctype = struct.unpack(">IIBB", data[16:26])
-    assert (depth, ctype) == (8, 6)  # 8-bit RGBA
-    assert len(zlib.decompress(idat)) == height * (1 + 4 * width)
-    return width, height
-
-
-def test_demo_yaml_is_valid() -> None:
-    cfg = load_config(DEMO_CONFIG)
-    assert [lst.port for lst in cfg.listeners] == [8080]
-    assert {name: [s.port for s in p.servers] for name, p in cfg.pools.items()} == {
-        "html": [9101, 9102], "images": [9103, 9104], "cgi": [9105]}
-    assert cfg.pools["html"].scheduler == "rr" and cfg.pools["images"].scheduler == "wlc"
-    assert cfg.default_pool == "html"
 
 
 def test_index_page_from_html_pool(demo: Demo) -> None:
@@ -129,11 +97,3 @@ def test_banner_lists_what_to_try(demo: Demo) -> None:
         assert line in text
 
 
-def test_generated_images_are_valid() -> None:
-    assert check_png(make_png(5)) == (5, 5)
-    png = make_png()
-    ico = make_ico(png)
-    count, = struct.unpack("<H", ico[4:6])
-    size, offset = struct.unpack("<II", ico[14:22])
-    assert count == 1 and ico[offset:offset + size] == png
-    assert GIF_1X1.startswith(b"GIF89a") and GIF_1X1.endswith(b";") and len(GIF_1X1) == 43

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 from l7switch.config import parse_config
-from l7switch.http.rules import (AllOf, Always, Extension, Host, Method, PathPrefix, RequestView, Router,
-                            Rule)
+from l7switch.http.rules import AllOf, Always, Extension, Host, Method, PathPrefix, RequestView, Router, Rule
 
 BASE = """\
 listen: [{address: 127.0.0.1:0}]

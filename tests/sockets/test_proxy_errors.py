@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import re
 import time
 
 import pytest
-from conftest import read_head, rst, simple_config
-from wire import Conn, get
+from kit import Conn, get, read_head, rst, simple_config, wait_for
 
 from l7switch.devtools.origin import pattern_bytes
 
@@ -477,3 +478,64 @@ def test_queued_request_body_is_not_timed_out_while_it_waits_its_turn(proxy):
     r2 = c.response()
     assert r2.status == 200 and b'"body_len": 10' in r2.body
     c.close()
+
+
+# ---- (h) error pages without internal detail ---------------------------------------------------
+
+ID_RE = re.compile(r"request id:? ([0-9a-f]{8,})", re.IGNORECASE)
+
+
+def _check_error_page(caplog, port: int, status: int, r) -> None:
+    assert r.status == status, r
+    body = r.body.decode("utf-8", "replace")
+    m = ID_RE.search(body)
+    assert m, f"no request id in the error page: {body!r}"
+    rid = m.group(1)
+    xid = r.header("x-request-id")
+    if xid is not None:
+        assert xid == rid
+    scrubbed = body.replace(rid, "")
+    for leak in ("127.0.0.1", str(port), "refused", "connect"):
+        assert leak not in scrubbed.lower(), f"error page leaks {leak!r}: {body!r}"
+    addr = f"127.0.0.1:{port}"
+
+    def logged() -> bool:
+        return any(rid in rec.getMessage() and addr in rec.getMessage() for rec in caplog.records)
+    assert wait_for(logged, timeout=2.0), \
+        f"no log record with id {rid} and {addr}: {[rec.getMessage() for rec in caplog.records]}"
+
+
+def test_503_error_page_hides_address_and_logs_detail(caplog, switch_factory, free_port):
+    """(h) A refused connect: the client gets 503 with a request id and no address/errno; the log
+    has the same id with the server address.
+
+    Old code: the body reads "503 Service Unavailable: connect to 127.0.0.1:PORT failed:
+    Connection refused" and carries no request id.
+    """
+    caplog.set_level(logging.INFO, logger="l7switch")
+    sw = switch_factory(f"listen: [{{address: 127.0.0.1:0}}]\npools:\n"
+                        f"  p: {{servers: [127.0.0.1:{free_port}]}}\ndefault_pool: p\n")
+    with Conn(sw.port) as c:
+        c.send(get("/x"))
+        r = c.response()
+    _check_error_page(caplog, free_port, 503, r)
+
+
+def test_502_error_page_hides_address_and_logs_detail(caplog, raw_origin, switch_factory):
+    """(h) A server that closes without answering: 502 with a request id and no address; the log
+    has the same id with the server address.
+
+    Old code: the body names the server's internal address and carries no request id.
+    """
+    caplog.set_level(logging.INFO, logger="l7switch")
+
+    async def hang_up(reader, writer):
+        await read_head(reader)
+
+    ro = raw_origin(hang_up)
+    sw = switch_factory(f"listen: [{{address: 127.0.0.1:0}}]\npools:\n"
+                        f"  p: {{servers: [127.0.0.1:{ro.port}]}}\ndefault_pool: p\n")
+    with Conn(sw.port) as c:
+        c.send(get("/x"))
+        r = c.response()
+    _check_error_page(caplog, ro.port, 502, r)

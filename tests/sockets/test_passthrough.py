@@ -12,7 +12,7 @@ import time
 
 import pytest
 import trustme
-from helpers import connect, recv_until_close
+from kit import TLSOrigin, connect, recv_until_close
 
 from l7switch.net import tunnel
 from l7switch.runtime.switch import Switch
@@ -23,57 +23,6 @@ CERT = CA.issue_cert(*NAMES)
 
 
 # ---- TLS origins ---------------------------------------------------------------------------------
-
-class TLSOrigin:
-    """Answers every request with its own name (or, for POST /echo, the body back), then waits for
-    the client's close_notify and sends its own, so sessions end cleanly and stay resumable."""
-
-    def __init__(self, name: str, ctx: ssl.SSLContext) -> None:
-        self.name = name
-        self.ctx = ctx
-        self.server: asyncio.AbstractServer | None = None
-        self.port = 0
-        self.handshakes = 0
-        self.sni: list[str | None] = []
-        self.tasks: set[asyncio.Task] = set()
-        ctx.sni_callback = self._on_sni
-
-    def _on_sni(self, sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
-        self.sni.append(name)
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.ctx)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.handshakes += 1
-        task = asyncio.current_task()
-        self.tasks.add(task)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            body = await reader.readexactly(length) if length else b""
-            payload = body if head.startswith(b"POST /echo") else self.name.encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload))
-            writer.write(payload)
-            await writer.drain()
-            await reader.read()  # until the client's close_notify (or EOF)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
-            pass
-        finally:
-            self.tasks.discard(task)
-            writer.close()
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for t in list(self.tasks):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
 
 def origin_context(tls12_no_tickets: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

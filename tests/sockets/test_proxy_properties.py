@@ -22,13 +22,12 @@ from collections import deque
 
 import h11
 import pytest
-from conftest import read_head, simple_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wire import Conn, get, wait_for
+from kit import Conn, get, read_head, simple_config, wait_for
 
-from l7switch.http.message import normalize_path
 from l7switch.devtools.origin import OriginResponse
+from l7switch.http.message import normalize_path
 
 SPLICE = 65536  # the default splice threshold
 

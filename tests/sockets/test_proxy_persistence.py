@@ -3,15 +3,11 @@ headers they received), real sockets, a real switch."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from wire import Conn, get, wait_for
+from kit import Conn, get, wait_for
 
-from l7switch.config import load_config
-from l7switch.errors import ConfigError
-from l7switch.devtools.origin import OriginResponse, standard_handler
 from l7switch.balance.persistence import server_cookie_id
+from l7switch.devtools.origin import OriginResponse, standard_handler
 
 
 def config(ports: list[int], persistence: str, weights: list[int] | None = None,
@@ -270,11 +266,3 @@ def test_tables_survive_a_new_switch(three, switch_factory, lt):
     assert new.pools["app"].persistence.sticky([], "127.0.0.1")[0].name == server
 
 
-def test_config_errors_name_file_and_line(tmp_path: Path):
-    path = tmp_path / "rules.yaml"
-    path.write_text("listen: [{address: 127.0.0.1:0}]\ndefault_pool: app\npools:\n  app:\n"
-                    "    servers: [127.0.0.1:9001]\n    persistence: {cookie: {mode: insrt}}\n")
-    with pytest.raises(ConfigError) as exc:
-        load_config(path)
-    assert [str(i) for i in exc.value.issues] == [
-        f"{path}:6:34: pools.app.persistence.cookie.mode: unknown mode 'insrt'; did you mean 'insert'?"]

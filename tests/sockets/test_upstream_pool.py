@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from conftest import simple_config
-from helpers import connect, read_response
+from kit import Conn, connect, get, read_head, read_response, simple_config
 
 
 def idle_total(sw) -> int:
@@ -71,3 +70,52 @@ def test_connect_timeout_is_504(switch_factory, caplog) -> None:
         for f in fillers:
             f.close()
         lst.close()
+
+
+# ---- (b) a retried request keeps its whole body ------------------------------------------------
+
+def test_retry_after_stale_pooled_connection_keeps_body(raw_origin, switch_factory):
+    """(b) The pooled connection dies after the head and the first body bytes of request 2
+    were written to it; the request must be re-sent on a fresh connection with ALL its body
+    (the part already sent plus the part still coming from the client), in order.
+    Old code retried only if no body byte had been sent up, and answered 502."""
+    conns = [0]
+    seen: list[bytes] = []
+
+    async def behave(reader, writer):
+        conns[0] += 1
+        if conns[0] == 1:
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")  # keep-alive
+            await writer.drain()
+            await read_head(reader)  # request 2's head (its body bytes may follow)
+            writer.close()  # without answering
+            return
+        while True:
+            head = await read_head(reader)
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            body = await reader.readexactly(length) if length else b""
+            seen.append(body)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+    ro = raw_origin(behave)
+    sw = switch_factory(simple_config(ro.port))
+    with Conn(sw.port, timeout=5) as c:
+        c.send(get("/one"))
+        r1 = c.response()
+        assert r1.status == 200 and r1.body == b"first"
+        c.send(b"POST /two HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")
+        time.sleep(0.2)
+        try:
+            c.send(b"56789")
+        except OSError:
+            pass  # the switch already answered and closed
+        r2 = c.response()
+        assert r2.status == 200, f"request 2 got {r2.status}: {r2.body[:100]!r}"
+        assert r2.body == b"0123456789"
+    assert ro.connections >= 2
+    assert seen == [b"0123456789"]

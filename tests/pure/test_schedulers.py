@@ -5,9 +5,12 @@ from __future__ import annotations
 import collections
 
 import pytest
+from kit import pool_config
 
-from l7switch.balance.servers import Server
 from l7switch.balance.schedulers import SCHEDULERS, Scheduler, create, register
+from l7switch.balance.servers import Server
+from l7switch.config import parse_config
+from l7switch.errors import ConfigError
 
 
 def servers(*weights: int) -> list[Server]:
@@ -77,3 +80,12 @@ def test_registry_rejects_duplicates_and_unknown_names() -> None:
             name = "rr"
     with pytest.raises(ValueError, match="unknown scheduler"):
         create("nope", servers(1))
+
+
+def test_scheduler_option_errors_fail_the_load(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        parse_config(pool_config([1, 2], "lard", "{t_low: 70, t_high: 65}"), "f.yaml")
+    assert "t_low (70) must be below t_high (65)" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse_config(pool_config([1, 2], "maglev", "{table_size: 100}"), "f.yaml")
+    assert "table_size" in str(e.value)

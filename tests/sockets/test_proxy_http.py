@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from conftest import read_head, simple_config
-from wire import Conn, exchange, get
+from kit import Conn, exchange, get, read_head, simple_config
 
 from l7switch.devtools.origin import pattern_bytes
 

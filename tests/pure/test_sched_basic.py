@@ -6,9 +6,9 @@ import collections
 
 import pytest
 
-from l7switch.balance.servers import Server
 from l7switch.balance.schedulers import Scheduler, create
 from l7switch.balance.schedulers.dh import TABLE_SIZE
+from l7switch.balance.servers import Server
 
 
 def servers(*weights: int) -> list[Server]:

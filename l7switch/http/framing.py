@@ -1,0 +1,46 @@
+"""How a response body reaches the client: the framing decision, sans-IO (RFC 9112 §6.3).
+
+The switch always writes the framing itself (Content-Length and Transfer-Encoding are hop-by-hop
+to it, http/message.py): a length passes through, a chunked body is re-chunked, and a body that
+ends when the server closes is re-framed as chunked for a keep-alive HTTP/1.1 client, else sent
+up to our own close. Responses to HEAD, and 204 and 304, have no body whatever they say
+(RFC 9110 §9.3.2, §15.3.5, §15.4.5).
+"""
+
+from __future__ import annotations
+
+from .message import parse_content_length
+
+NO_BODY_STATUS = (204, 304)
+CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
+
+#: response_framing's result: (the framing line(s) for the head, re-chunk the body, the body
+#: ends at the server's close, no body at all, close the client connection after it, the
+#: Content-Length or None).
+Framing = tuple[bytes, bool, bool, bool, bool, "int | None"]
+
+
+def response_framing(method: bytes, version: str, status: int, headers: list[tuple[bytes, bytes]],
+                     close: bool) -> Framing:
+    """For a final (non-1xx) response to a request with ``method`` and ``version``; ``close``:
+    the client connection is to close after this response anyway."""
+    length = None
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            length = parse_content_length(value.split(b",")[0])
+        elif name == b"transfer-encoding":
+            chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
+    if method == b"HEAD" or status in NO_BODY_STATUS:
+        line = b"Content-Length: %d\r\n" % length if length is not None else b""
+        return line, False, False, True, close, None
+    if chunked:
+        if version == "1.1":
+            return CHUNKED_LINE, True, False, False, close, None
+        return b"", False, False, False, True, None  # HTTP/1.0 gets the de-chunked body up to close
+    if length is not None:
+        return b"Content-Length: %d\r\n" % length, False, False, False, close, length
+    # Close-delimited (RFC 9112 §6.3(8)): keep the client's connection by re-framing as chunked.
+    if version == "1.1" and not close:
+        return CHUNKED_LINE, True, True, False, False, None
+    return b"", False, True, False, True, None
