@@ -2,7 +2,7 @@
 """N caching origin servers in one uvloop process: back-ends with a real, bounded capacity whose
 cost depends on cache locality.
 
-Each origin (l7switch.origin.OriginServer with a custom handler, HTTP/1.1 keep-alive) has:
+Each origin (l7switch.devtools.origin.OriginServer with a custom handler, HTTP/1.1 keep-alive) has:
 * an LRU of ``--cache`` whole objects;
 * ``--workers`` service slots (an asyncio.Semaphore): a request waits for a slot, then holds it
   for ``--hit-ms`` if its object is cached or ``--miss-ms`` if not (the object is inserted when

@@ -2,7 +2,7 @@
 load-sized options, and markdown helpers.
 
 A *label* is what a table row is called. It is a scheduler name from
-``l7switch.schedulers.SCHEDULERS`` except ``lard/r``, which is ``lard`` with ``replicate: true``
+``l7switch.balance.schedulers.SCHEDULERS`` except ``lard/r``, which is ``lard`` with ``replicate: true``
 (LARD with replication, Pai et al. 1998 §2.3).
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def available(labels: list[str]) -> tuple[list[str], list[str]]:
         if base_name(lab) in SCHEDULERS:
             ok.append(lab)
         else:
-            notes.append(f"{lab}: skipped, no scheduler {base_name(lab)!r} in l7switch.schedulers "
+            notes.append(f"{lab}: skipped, no scheduler {base_name(lab)!r} in l7switch.balance.schedulers "
                          f"(have: {', '.join(sorted(SCHEDULERS))})")
     return ok, notes
 

@@ -4,7 +4,7 @@
 No sockets: N back-ends, each an LRU cache of C whole objects, ``workers`` parallel service slots
 and a FIFO queue; a hit takes hit_ms, a miss miss_ms (and inserts the object when it finishes).
 A closed loop of K clients (no think time) sends ``GET /obj/<i>`` with Zipf(alpha) popularity
-(independent reference model). The scheduler is the real one (``l7switch.schedulers.create``),
+(independent reference model). The scheduler is the real one (``l7switch.balance.schedulers.create``),
 given ``key = "/obj/<i>"`` and a clock that reads simulated seconds; dispatch and completion
 update the server counters and call ``on_start``/``on_end`` exactly as ServerPool.begin/end do
 (``inflight`` counts queued plus in-service requests: what the switch sees as sent and not yet

@@ -1,8 +1,10 @@
 """Session persistence for one pool: which server a request belongs to, and the cookie edits
-that keep it there (notes/peers.md §1.3, §2.2; IPVS ``-p``/``-M`` in notes/schedulers.md §2.4).
+that keep it there (HAProxy's ``cookie`` and ``server ... cookie`` keywords; ipvsadm(8)'s
+``--persistent`` and ``--netmask``).
 
 Pure, like the schedulers: request header fields (lower-cased names, bytes) and the client's
-address go in; a server, a table key and the bytes to forward come out. relay.py acts on them.
+address go in; a server, a table key and the bytes to forward come out. balance/dispatch.py
+decides with them, proxy/exchange.py acts on them.
 
 - **cookie** (HAProxy ``cookie NAME insert indirect|rewrite|prefix`` + ``server ... cookie X``):
   every server has an id, its explicit ``cookie:`` value or 16 hex digits of BLAKE2b over the
@@ -12,7 +14,7 @@ address go in; a server, a table key and the bytes to forward come out. relay.py
   ``rewrite``: the server's own ``Set-Cookie: NAME=...`` gets the id as its value.
   ``prefix``: the server's ``NAME=v`` becomes ``NAME=<id>~v`` and the server gets ``v`` back.
 - **source** (``ipvsadm -p TIMEOUT -M NETMASK``): the client address masked to a prefix is the
-  key of a table (store.py) holding the server's name; every request refreshes the entry, as
+  key of a table (balance/store.py) holding the server's name; every request refreshes the entry, as
   IPVS's template lives from the last activity.
 
 The decision when the named server cannot serve is ``verdict``: up (even at weight 0, a quiesced
@@ -217,7 +219,8 @@ class Persistence:
 
     __slots__ = ("spec", "pool_name", "redispatch", "by_name")
     method = ""
-    #: Decides per HTTP request (relay.py) / on a tls-passthrough ClientHello (passthrough.py).
+    #: Decides per HTTP request (proxy/exchange.py) / on a tls-passthrough ClientHello
+    #: (passthrough/connection.py).
     http = True
     tls_hello = True
     #: Learns session IDs from ServerHellos (tls-passthrough listeners watch for one if set).
@@ -382,7 +385,8 @@ class SourcePersistence(Persistence):
 class SSLSessionPersistence(Persistence):
     """ssl_session: the session ID a server issued in its ServerHello -> that server, so a client
     resuming the session by ID returns to the one server that can resume it (TLS <= 1.2 only;
-    notes/peers.md §2.3). Decided on the ClientHello by passthrough.py; no HTTP request sees it."""
+    RFC 5246 §7.4.1.2; TLS 1.3 resumes by PSK, RFC 8446 §2.2). Decided on the ClientHello by
+    passthrough/connection.py; no HTTP request sees it."""
 
     __slots__ = ("table", "table_name", "timeout")
     method = "ssl_session"

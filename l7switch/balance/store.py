@@ -9,7 +9,7 @@ can call. No I/O here.
 
 ``Tables`` names the stores of one process. A reload of the rule file builds new pools but hands
 the same ``Tables`` over, so sticky sessions survive it (HAProxy loses stick tables on reload
-unless ``peers`` are configured; see notes/peers.md §4 #7).
+unless a ``peers`` section replicates them: HAProxy configuration manual, section 3.5).
 """
 
 from __future__ import annotations

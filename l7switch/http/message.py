@@ -1,7 +1,7 @@
 """Sans-IO HTTP/1.1 message work: validate a request head, rewrite heads for the next hop,
 normalise the path the rules see, and build the switch's own short responses.
 
-No sockets here; frontend.py and upstream.py feed values in and write the bytes out.
+No sockets here; proxy/frontend.py and proxy/upstream.py feed values in and write the bytes out.
 RFC numbers: RFC 9110 (semantics), RFC 9112 (HTTP/1.1 message syntax), RFC 3986 (URI).
 """
 
@@ -293,7 +293,7 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
 
     Connection-listed fields are removed *before* ours are added, so `Connection:
     X-Forwarded-For` cannot delete what the switch adds (hop-by-hop header abuse).
-    ``cookies`` (persistence.py's edit) replaces the Cookie fields, in order; [] forwards none.
+    ``cookies`` (balance/persistence.py's edit) replaces the Cookie fields, in order; [] forwards none.
     """
     drop = hop_by_hop(head.headers)
     if cookies is not None:

@@ -26,7 +26,7 @@ def sni_router(listener: ListenerSpec) -> tuple[dict[str, str], tuple[tuple[str,
 
 def route_sni(listener: ListenerSpec, sni: str | None) -> str | None:
     """The pool for a host name: exact match, then the first matching ``*.domain`` (any depth
-    of subdomain but not the apex, like rules.py's host match), then the default (may be None)."""
+    of subdomain but not the apex, like http/rules.py's host match), then the default (may be None)."""
     if sni is not None:
         exact, wild = sni_router(listener)
         pool = exact.get(sni)

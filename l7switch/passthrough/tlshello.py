@@ -1,6 +1,6 @@
 """The first TLS handshake message of each direction, read without decrypting anything (sans-IO).
 
-A tls-passthrough listener (passthrough.py) must route on the ClientHello before any server is
+A tls-passthrough listener (connection.py) must route on the ClientHello before any server is
 chosen, and ssl_session persistence must learn the session ID from the server's ServerHello.
 Both messages are plaintext: TLS records (RFC 8446 §5.1, RFC 5246 §6.2.1) carrying one handshake
 message, which a client may fragment over several records and TCP may split at any byte.
