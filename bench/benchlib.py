@@ -94,12 +94,14 @@ class Procs:
         self.tmp = tmp
         self.procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes], Path]] = []
 
-    def start(self, name: str, cmd: Sequence[str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, cmd: Sequence[str], cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log_path = self.tmp / f"{name}.log"
         log = open(log_path, "wb")
         proc = subprocess.Popen(
             list(cmd), cwd=cwd or self.tmp, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_nofile,
+            env=env,
         )
         self.procs.append((name, proc, log, log_path))
         return proc
@@ -329,8 +331,9 @@ PERSISTENCE = {
 
 
 def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str = "rr",
-                          persistence: str = "none", tls: tuple[Path, Path, Path] | None = None) -> Path:
-    cfg = tmp / "l7switch.yaml"
+                          persistence: str = "none", tls: tuple[Path, Path, Path] | None = None,
+                          name: str = "l7switch") -> Path:
+    cfg = tmp / f"{name}.yaml"
     tls_line = f"    tls: {{cert: {tls[0]}, key: {tls[1]}}}\n" if tls else ""
     cfg.write_text(f"""listen:
   - address: 127.0.0.1:{port}

@@ -29,6 +29,8 @@ from pathlib import Path
 import benchlib as bl
 
 ALL_PROXIES = ("direct", "haproxy", "nginx", "l7switch")
+BASELINE = "l7switch@base"  # --baseline DIR: another l7switch source tree, measured in the same run
+BASELINE_DIR: Path | None = None
 SCHEDULER = "rr"  # the l7switch pool's scheduler (--scheduler)
 PERSISTENCE = "none"  # the l7switch pool's persistence (--persistence)
 WRK_HEADER: str | None = None  # a header every wrk request carries (--persistence cookie-sticky)
@@ -123,10 +125,17 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
-        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE, TLS))
+        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE, TLS,
+                                                       name=name.replace("@", "-")))
+    env = None
+    if name == BASELINE:
+        # The same interpreter and venv (the dependencies), the other tree's package first.
+        assert BASELINE_DIR is not None
+        cmd = [sys.executable, "-m", "l7switch"] + cmd[-3:]
+        env = {**os.environ, "PYTHONPATH": str(BASELINE_DIR)}
     print(f"# start {name}: {shlex.join(cmd)}", file=sys.stderr)
     try:
-        proc = procs.start(name, cmd)
+        proc = procs.start(name, cmd, env=env)
     except OSError as e:
         return port, None, f"failed to start: {e}"
     err = bl.wait_port(port, proc, timeout=10.0)
@@ -305,10 +314,14 @@ def main() -> int:
                     "sets it (wrk keeps no cookies); cookie-sticky = wrk sends the cookie; source")
     ap.add_argument("--tls", action="store_true",
                     help="every proxy terminates TLS (a throwaway trustme certificate); no `direct` row")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help=f"also measure the l7switch package in source tree DIR (e.g. `git worktree add "
+                    f"/tmp/base HEAD~3`) as `{BASELINE}`, interleaved with this one: a before/after "
+                    "comparison in one run")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs/logs temp dir for inspection")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output")
     args = ap.parse_args()
-    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS
+    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS, BASELINE_DIR
     SCHEDULER = args.scheduler
     PERSISTENCE = args.persistence
 
@@ -317,6 +330,11 @@ def main() -> int:
     bad = [s for s in sizes if s not in bl.SIZES] + [p for p in proxies if p not in ALL_PROXIES]
     if bad:
         ap.error(f"unknown size/proxy: {', '.join(bad)}")
+    if args.baseline is not None:
+        if not (args.baseline / "l7switch" / "__init__.py").exists():
+            ap.error(f"--baseline {args.baseline}: no l7switch package there")
+        BASELINE_DIR = args.baseline.resolve()
+        proxies.insert(proxies.index("l7switch") if "l7switch" in proxies else len(proxies), BASELINE)
     cmdline = shlex.join([sys.executable] + sys.argv)
     print(f"# command: {cmdline}", file=sys.stderr)
 

@@ -97,8 +97,10 @@ class FlowControl:
         if other is None:
             return
         self.peer = other.peer = None
-        other.resume_reading(PEER_FULL)
-        self.resume_reading(PEER_FULL)
+        if other.paused_for & PEER_FULL:
+            other.resume_reading(PEER_FULL)
+        if self.paused_for & PEER_FULL:
+            self.resume_reading(PEER_FULL)
 
     def __repr__(self) -> str:
         return f"<FlowControl paused_for={self.paused_for:#x} writable={self.writable}>"

@@ -80,15 +80,17 @@ class Exchange:
         self.pool = pool
         self.route = route  # rule label, for logs and stats
         self.key = key  # what the pool's scheduler picks on (hash_key), None if it needs nothing
-        self.seq = state.next_request()  # for the request id
+        state.requests += 1
+        self.seq = state.requests  # for the request id
         self.phase = QUEUED
         self.server: Server | None = None  # counted in flight (pool.begin) while set
         self.cpool: ConnectionPool | None = None
         self.up: UpstreamConnection | None = None
         self.t0 = time.monotonic()
-        self.body = RequestBody(head.chunked, gen.limits.max_body_bytes) if head.has_body else None
+        has_body = head.chunked or bool(head.content_length)
+        self.body = RequestBody(head.chunked, gen.limits.max_body_bytes) if has_body else None
         self.resendable = False  # sent on a reused connection that has not answered yet
-        self.req_done = not head.has_body  # the request has gone up in full (or is on its way)
+        self.req_done = not has_body  # the request has gone up in full (or is on its way)
         self.req_splice_left = 0
         self.attempts = 0
         self.status = 0
@@ -115,9 +117,14 @@ class Exchange:
     def start(self) -> None:
         """Its turn on the client connection: choose a server and get a connection to it."""
         persist = self.pool.persistence
-        if persist is not None:
-            self.sticky, self.sticky_key, self.cookies = persist.sticky(self.head.headers,
-                                                                        self.client.peer_ip)
+        if persist is None:
+            server = self.pool.pick(self.key)  # (dispatch.choose without persistence, inlined)
+            if server is None:
+                self.fail(ServiceUnavailable(f"no server available in pool '{self.pool.name}'"))
+                return
+            self._use(server)
+            return
+        self.sticky, self.sticky_key, self.cookies = persist.sticky(self.head.headers, self.client.peer_ip)
         choice = choose(self.pool, self.key, persist, self.sticky, self.sticky_key)
         if isinstance(choice, str):
             self.fail(ServiceUnavailable(choice))
@@ -165,13 +172,18 @@ class Exchange:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
-        conn.attach(self)
+        conn.owner = self  # (its head counters were reset when it was pooled or made)
         self.phase = AWAITING
         client = self.client
-        assert conn.flow is not None
-        # Each side's full write buffer now pauses the other's reading (a client that stopped
-        # reading during an earlier response pauses this server connection from the start).
-        client.flow.link(conn.flow)
+        cf, uf = client.flow, conn.flow
+        assert uf is not None
+        # Each side's full write buffer now pauses the other's reading (FlowControl.link,
+        # inlined: this runs for every request). A client that stopped reading during an
+        # earlier response pauses this server connection from the start; a pooled or new
+        # connection has nothing buffered.
+        cf.peer, uf.peer = uf, cf
+        if not cf.writable:
+            uf.pause_reading(PEER_FULL)
         # While the body is still coming, the client's pace governs (timeouts.client); the
         # server owes us nothing yet.
         conn.deadline = time.monotonic() + self.gen.timeouts.server if self.req_done else 0.0
@@ -296,7 +308,7 @@ class Exchange:
             splice = self.gen.splice
             if splice.enabled and length >= splice.threshold and not self.client.tls:
                 self.resp_splice_left = length
-        if self.client.last_response():
+        if self.client.closing_after and self.client.last_response():
             self.resp_close = True
         self.phase = RELAYING
         persist = self.pool.persistence
@@ -432,9 +444,7 @@ class Exchange:
         Python seeing it: while it makes progress, that is not silence."""
         if self.spliced_progress():
             return True
-        up, self.up = self.up, None
-        if up is not None:
-            up.close()
+        self._drop_up()
         if self.server is not None:
             self.server.failures += 1
         if self.phase >= RELAYING:
@@ -480,6 +490,7 @@ class Exchange:
         up, self.up = self.up, None
         if self.jobs:
             return  # the splice job sees the EOF or error itself and reports it
+        self.client.flow.unlink()  # nothing to pace against a dead connection
         if self.phase == RELAYING and self.resp_eof:
             self.phase = COMPLETE  # a close-delimited body ends here (RFC 9112 §6.3(8))
             if self.resp_chunked:
@@ -507,9 +518,7 @@ class Exchange:
         self.fail(BadGateway(f"{self._where()} closed the connection before responding"))
 
     def upstream_failed(self, detail: str) -> None:
-        up, self.up = self.up, None
-        if up is not None:
-            up.close()
+        self._drop_up()
         if self.server is not None:
             self.server.failures += 1
         if self.phase >= RELAYING:
@@ -533,13 +542,18 @@ class Exchange:
         for job in self.jobs:
             job.cancel()
         self.jobs = []
-        up, self.up = self.up, None
-        if up is not None:
-            up.close()
+        self._drop_up()
         if self.phase != DONE:
             self.phase = DONE
             if self.server is not None:
                 self.pool.end(self.server)
+
+    def _drop_up(self) -> None:
+        """Give up on the server connection (in doubt: never pooled again)."""
+        up, self.up = self.up, None
+        if up is not None:
+            self.client.flow.unlink()
+            up.close()
 
     def _abort_both(self) -> None:
         """A truncated response: the client must see an incomplete message, never a padded one."""
@@ -560,10 +574,10 @@ class Exchange:
             self.pool.end(self.server)
         up, self.up = self.up, None
         if up is not None:
-            self.client.flow.unlink()
             if error is None and complete and self.req_done and self.cpool is not None:
-                self.cpool.release(up)
+                self.cpool.release(up)  # (which unlinks the two sides' flow control)
             else:
+                self.client.flow.unlink()
                 up.close()
         self.client.exchange_finished(self, error, self.request_id if error is not None else "",
                                       close or self.resp_close or not self.req_done)

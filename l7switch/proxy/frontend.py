@@ -121,7 +121,11 @@ class ClientConnection(asyncio.Protocol):
         heads = self.requests
         self.feeding = True
         try:
-            ok = self._feed(data)
+            self.parser.feed_data(data)
+        except Exception as exc:
+            ok = self._feed_failed(data, exc)
+        else:
+            ok = True
         finally:
             self.feeding = False
         if ok and self.state == HEAD:
@@ -137,24 +141,24 @@ class ClientConnection(asyncio.Protocol):
                 self.head_fed = 0
         self.flush_fed()
 
-    def _feed(self, data: bytes) -> bool:
-        """Parse ``data``; False when it ended in an error (answered) or a tunnel."""
-        parser = self.parser
+    def _feed_failed(self, data: bytes, exc: Exception) -> bool:
+        """The parser stopped inside ``data``: an error (answered: False), an Upgrade that
+        becomes a tunnel (False), or one we do not take (parsing goes on: True, unless what
+        follows stops it again)."""
         while True:
-            try:
-                parser.feed_data(data)
-                return True
-            except httptools.HttpParserUpgrade as exc:
+            if isinstance(exc, httptools.HttpParserUpgrade):
                 rest = data[exc.args[0]:] if exc.args else b""
-            except L7Error as err:
-                self.error(err)
+            elif isinstance(exc, L7Error):
+                self.error(exc)
                 return False
-            except httptools.HttpParserError as exc:
+            elif isinstance(exc, httptools.HttpParserError):
                 # An L7Error raised inside a parser callback (431, 413, a check_request 400)
                 # reaches us wrapped in HttpParserCallbackError, the original as __context__.
                 ctx = exc.__context__
                 self.error(ctx if isinstance(ctx, L7Error) else BadRequest(_parser_message(exc)))
                 return False
+            else:
+                raise exc
             # llhttp runs on_message_complete (which clears self.receiving) before it pauses on
             # an upgrade: the upgrade request is the last one parsed.
             ex = self.resume_body or self.receiving or (self.queue[-1] if self.queue else self.exchange)
@@ -172,6 +176,11 @@ class ClientConnection(asyncio.Protocol):
             if not rest:
                 return True
             data = rest
+            try:
+                self.parser.feed_data(data)
+                return True
+            except Exception as again:
+                exc = again
 
     def _resume_body(self, ex: Exchange) -> None:
         """llhttp skipped the body of an Upgrade request (it expected the new protocol there).
@@ -297,7 +306,7 @@ class ClientConnection(asyncio.Protocol):
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
         ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key)
         self.receiving = ex
-        if head.has_body:
+        if ex.body is not None:
             if upgrade and head.upgrade is None:
                 self.resume_body = ex  # llhttp skips this body; _resume_body has it read (no splice)
             else:
@@ -327,13 +336,12 @@ class ClientConnection(asyncio.Protocol):
             ex.request_complete()
 
     # ---- called by exchanges (ports.ClientPort), the clock and the switch ------------------------
-    def exchange_finished(self, ex: object, error: L7Error | None, request_id: str, close: bool) -> None:
+    def exchange_finished(self, ex: Exchange, error: L7Error | None, request_id: str, close: bool) -> None:
         if ex is not self.exchange:
             return
         transport = self.transport
         if transport is None or self.closed:
             return
-        assert isinstance(ex, Exchange)
         if error is not None:
             transport.write(error_response(error.status, request_id, error.detail if error.public else "",
                                            close=close))

@@ -8,7 +8,7 @@ upstream -> ports — as h11 and httpcore keep their state machines free of thei
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import L7Error
 from ..net.flow import FlowControl
@@ -51,6 +51,7 @@ class ClientPort(Protocol):
     peer_ip: str
     proto: bytes  # what X-Forwarded-Proto says: b"http" or b"https"
     tls: bool  # TLS terminated here: its socket carries ciphertext, so nothing splices it
+    closing_after: bool  # the connection closes once what was asked is answered
     feeding: bool  # inside parser.feed_data: the current read's body bytes are still to come
 
     def last_response(self) -> bool:
@@ -65,7 +66,7 @@ class ClientPort(Protocol):
     def request_spliced(self) -> None:
         """The request body crossed by splice: the parser's state is stale, the request done."""
 
-    def exchange_finished(self, ex: object, error: L7Error | None, request_id: str, close: bool) -> None:
+    def exchange_finished(self, ex: Any, error: L7Error | None, request_id: str, close: bool) -> None:
         """``ex`` is over: answer ``error`` if set, then serve the next request or close."""
 
     def tunnel_started(self, tunnel: Tunnel) -> None:

@@ -25,7 +25,7 @@ import httptools
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
 from ..net.clock import Clock
-from ..net.flow import FlowControl
+from ..net.flow import PEER_FULL, FlowControl
 from ..net.tunnel import TO_CLIENT, Tunnel
 from .ports import ResponseSink
 
@@ -83,11 +83,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
-        # timeouts.server is the longest silence: every byte from the server re-arms it.
-        self.deadline = time.monotonic() + self.cpool.server_timeout
-        if self.in_head:
-            # llhttp buffers an unfinished header line without limit; count what we feed it.
-            self.head_seen += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -97,12 +92,20 @@ class UpstreamConnection(asyncio.Protocol):
             ctx = exc.__context__
             owner.upstream_failed(f"invalid response from server: {ctx or exc}")
             return
-        if self.in_head and self.head_seen > self.cpool.head_limit:
-            owner.upstream_failed(f"response head over {self.cpool.head_limit} bytes")
-            return
+        if self.in_head:
+            # Still inside a head after this read: llhttp buffers an unfinished header line
+            # without limit and calls us only when it ends, so we count what it is fed.
+            self.head_seen += len(data)
+            if self.head_seen > self.cpool.head_limit:
+                owner.upstream_failed(f"response head over {self.cpool.head_limit} bytes")
+                return
         owner = self.owner  # may have finished (and been released) inside the callbacks
         if owner is not None:
             owner.after_upstream_feed()
+            if self.owner is not None:
+                # More of this response is to come: timeouts.server is the longest silence,
+                # so every read re-arms it. (A response that ended here has been released.)
+                self.deadline = time.monotonic() + self.cpool.server_timeout
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -167,12 +170,6 @@ class UpstreamConnection(asyncio.Protocol):
             owner.response_complete()
 
     # ---- used by the pool and the exchange ----------------------------------------------------
-    def attach(self, owner: ResponseSink) -> None:
-        """Serve ``owner``'s request: the next bytes from the server are its response."""
-        self.owner = owner
-        self.in_head = True
-        self.head_seen = 0
-
     def reset_parser(self) -> None:
         """A fresh parser after a spliced body or a HEAD response: the old one's state is stale."""
         self.parser = httptools.HttpResponseParser(self)
@@ -241,13 +238,19 @@ class ConnectionPool:
     def release(self, conn: UpstreamConnection) -> None:
         conn.owner = None
         conn.got_bytes = False
+        conn.in_head = True  # the next bytes are the next response's head
+        conn.head_seen = 0
         if conn.closed or not conn.keep_alive or len(self.idle) >= self.max_idle:
             conn.close()
             return
         conn.deadline = time.monotonic() + self.idle_timeout
         flow = conn.flow
         if flow is not None:
-            flow.unlink()
+            peer = flow.peer
+            if peer is not None:  # FlowControl.unlink, inlined: this runs for every request
+                flow.peer = peer.peer = None
+                if peer.paused_for & PEER_FULL:
+                    peer.resume_reading(PEER_FULL)
             if flow.paused_for:
                 flow.paused_for = 0
                 flow.transport.resume_reading()  # an idle connection must see the server's FIN
