@@ -13,6 +13,7 @@ from l7switch.balance.schedulers.base import integer
 from l7switch.config import load_config, parse_config
 from l7switch.config.yamlnodes import parse_address, parse_duration, parse_size
 from l7switch.errors import ConfigError, ConfigIssue
+from l7switch.http.rules import RequestView, Router
 from l7switch.spec import (
     Config,
     Limits,
@@ -385,3 +386,31 @@ def test_shipped_rule_files_load(name: str) -> None:
     c = load_config(ROOT / "rules" / name)
     assert c.pools and c.listeners and c.default_pool in c.pools
     assert all(r.pool in c.pools for r in c.rules)
+
+
+# ---- extension globs -------------------------------------------------------------------------------
+
+EXT_RULE = MINIMAL + "rules:\n  - match: {extension: %s}\n    pool: web\n"
+
+
+def test_extension_globs_refused_with_a_hint_dotted_forms_kept() -> None:
+    """``extension: ["*.png"]`` is an error at its own line and column, with the fix; ``*`` alone is
+    an error with no fix to offer; every glob in a list is reported; ``.PNG`` still reads as png.
+
+    Old code accepted "*.png" silently as the suffix ".*.png", which no path ever ends with, so
+    the rule never matched (and "*" became the suffix ".*").
+    """
+    assert issues(EXT_RULE % '["*.png"]') == [
+        "f.yaml:5:25: rules[0].match.extension: '*.png' is a glob; an extension is written "
+        "without '*' (a leading dot is optional); write 'png'"]
+    assert issues(EXT_RULE % '"*"') == [
+        "f.yaml:5:24: rules[0].match.extension: '*' is a glob; an extension is written "
+        "without '*' (a leading dot is optional)"]
+    found = issues(EXT_RULE % '[png, "*.jpg", "*.gif"]')
+    assert [(f.split(":")[1], f.split(":")[2], f.rsplit("; ", 1)[1]) for f in found] == [
+        ("5", "30", "write 'jpg'"), ("5", "39", "write 'gif'")]
+    c = parse_config(EXT_RULE % '[".PNG"]')
+    assert c.rules[0].match.values == ("png",)
+    rule, pool = Router.from_specs(c.rules, c.default_pool).route(
+        RequestView.from_url("GET", "/a/logo.png", []))
+    assert rule is not None and pool == "web"
