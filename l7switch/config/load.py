@@ -9,6 +9,7 @@ column, or returns a ``Config``. The sections have their own modules: listen.py,
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 from collections.abc import Callable
 from os import PathLike
@@ -174,6 +175,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
         return []
     out: list[ServerSpec] = []
     names: dict[str, int] = {}
+    addresses: dict[tuple[str, int], int] = {}  # (canonical host, port) -> line
     cookies: dict[str, int] = {}  # explicit persistence cookie values -> line
     for i, item in enumerate(node.value):
         ipath = f"{path}[{i}]"
@@ -203,6 +205,14 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
         addr = address(addr_node, apath, issues)
         if addr is None or weight is None:
             continue
+        # One address twice doubles its share silently and splits its persistence between two
+        # names: the mistake HAProxy refuses as one server name twice in a backend.
+        where = _canonical(*addr)
+        if where in addresses:
+            issues.add(addr_node, f"{ipath}: duplicate server address {addr_node.value.strip()!r} in "
+                       f"pool {pool!r} (first at line {addresses[where]})")
+            continue
+        addresses[where] = addr_node.start_mark.line + 1
         name = name if name is not None else addr_node.value.strip()
         if name in names:
             issues.add(name_node, f"{ipath}: duplicate server name {name!r} in pool {pool!r} "
@@ -211,6 +221,15 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
         names[name] = name_node.start_mark.line + 1
         out.append(ServerSpec(name, addr[0], addr[1], weight, cookie))
     return out
+
+
+def _canonical(host: str, port: int) -> tuple[str, int]:
+    """The key under which two spellings of one address compare equal: host names are
+    case-insensitive (RFC 4343), and an IPv6 literal has many spellings ('::1', '0:0::1')."""
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return host.lower().rstrip("."), port
 
 
 # ---- small sections ---------------------------------------------------------------------------------

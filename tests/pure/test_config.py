@@ -414,3 +414,36 @@ def test_extension_globs_refused_with_a_hint_dotted_forms_kept() -> None:
     rule, pool = Router.from_specs(c.rules, c.default_pool).route(
         RequestView.from_url("GET", "/a/logo.png", []))
     assert rule is not None and pool == "web"
+
+
+# ---- servers: one address once per pool ------------------------------------------------------------
+
+def test_duplicate_server_address_in_a_pool() -> None:
+    """The same address twice in one pool is reported at the second entry, naming the first's line;
+    host names compare case-insensitively and IPv6 literals by value. The same address in two
+    pools is fine.
+
+    Old code accepted both entries: the address got twice its weight and two names, which split
+    its persistence cookies and source-table entries between them.
+    """
+    text = MINIMAL.replace("{web: {servers: [127.0.0.1:9001]}}", """
+  web:
+    servers:
+      - 127.0.0.1:9001
+      - {address: 127.0.0.1:9001, name: again}
+      - {address: Backend.Example:80, name: b1}
+      - {address: backend.example:80, name: b2}
+      - "[::1]:80"
+      - "[0:0::1]:80"
+  other: {servers: [127.0.0.1:9001, backend.example:80]}""")
+    assert issues(text) == [
+        "f.yaml:6:19: pools.web.servers[1]: duplicate server address '127.0.0.1:9001' in pool 'web' "
+        "(first at line 5)",
+        "f.yaml:8:19: pools.web.servers[3]: duplicate server address 'backend.example:80' in pool 'web' "
+        "(first at line 7)",
+        "f.yaml:10:9: pools.web.servers[5]: duplicate server address '[0:0::1]:80' in pool 'web' "
+        "(first at line 9)",
+    ]
+    # Different ports of one host are different servers.
+    c = parse_config(MINIMAL.replace("[127.0.0.1:9001]", "[127.0.0.1:9001, 127.0.0.1:9002]"))
+    assert [s.port for s in c.pools["web"].servers] == [9001, 9002]
