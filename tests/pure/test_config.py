@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import types
 from pathlib import Path
 
 import pytest
 
+import l7switch.config.load
 from l7switch.balance.schedulers import KEY_OPTIONS, SCHEDULERS, Option, Scheduler
 from l7switch.balance.schedulers.base import integer
 from l7switch.config import load_config, parse_config
@@ -26,6 +28,7 @@ from l7switch.spec import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+REAL_RESOLVE = l7switch.config.load.resolve_host  # tests/pure/conftest.py fakes it for every test
 
 GOOD = """\
 listen:
@@ -416,7 +419,7 @@ def test_extension_globs_refused_with_a_hint_dotted_forms_kept() -> None:
     assert rule is not None and pool == "web"
 
 
-# ---- servers: one address once per pool ------------------------------------------------------------
+# ---- servers: one address once per pool; host names that must resolve -----------------------------
 
 def test_duplicate_server_address_in_a_pool() -> None:
     """The same address twice in one pool is reported at the second entry, naming the first's line;
@@ -447,3 +450,67 @@ def test_duplicate_server_address_in_a_pool() -> None:
     # Different ports of one host are different servers.
     c = parse_config(MINIMAL.replace("[127.0.0.1:9001]", "[127.0.0.1:9001, 127.0.0.1:9002]"))
     assert [s.port for s in c.pools["web"].servers] == [9001, 9002]
+
+
+def test_unresolvable_server_host_is_an_error_unless_resolve_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server host name that does not resolve is an error at its address, with both fixes;
+    ``resolve: later`` skips the lookup and is kept in the ServerSpec; each (host, port) is looked
+    up once per file, IP literals never.
+
+    Old code: the unresolvable name passed check and every request to it failed at run time
+    (and ``resolve`` was an unknown key).
+    """
+    looked_up: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> None:
+        looked_up.append((host, port))
+        if host == "no-such-host.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(l7switch.config.load, "resolve_host", resolve)
+    text = MINIMAL.replace("{web: {servers: [127.0.0.1:9001]}}", """
+  web:
+    servers:
+      - {address: no-such-host.invalid:80, name: a}
+      - no-such-host.invalid:81
+      - {address: app.internal:80, name: c}
+  other:
+    servers:
+      - {address: No-Such-Host.invalid:80, name: a}
+      - {address: app.internal:80, name: c}
+      - "[::1]:80"
+""")
+    assert issues(text) == [
+        "f.yaml:5:19: pools.web.servers[0].address: host 'no-such-host.invalid' does not resolve "
+        "(Name or service not known); fix the name, or add 'resolve: later' if it resolves only "
+        "where the switch runs",
+        "f.yaml:6:9: pools.web.servers[1]: host 'no-such-host.invalid' does not resolve "
+        "(Name or service not known); fix the name, or write {address: no-such-host.invalid:81, "
+        "resolve: later} if it resolves only where the switch runs",
+        "f.yaml:10:19: pools.other.servers[0].address: host 'No-Such-Host.invalid' does not resolve "
+        "(Name or service not known); fix the name, or add 'resolve: later' if it resolves only "
+        "where the switch runs",
+    ]
+    assert looked_up == [("no-such-host.invalid", 80), ("no-such-host.invalid", 81), ("app.internal", 80)]
+
+    looked_up.clear()
+    c = parse_config(MINIMAL.replace("127.0.0.1:9001", "{address: no-such-host.invalid:80, resolve: later}, "
+                                     "{address: app.internal:80, resolve: now}"))
+    assert [(s.host, s.resolve_later) for s in c.pools["web"].servers] == [
+        ("no-such-host.invalid", True), ("app.internal", False)]
+    assert looked_up == [("app.internal", 80)]
+    assert one_issue(MINIMAL.replace("127.0.0.1:9001", "{address: app.internal:80, resolve: latr}")) == (
+        "f.yaml:2:61: pools.web.servers[0].resolve: expected now or later, found 'latr'; did you mean 'later'?")
+    assert one_issue(MINIMAL.replace("127.0.0.1:9001", "{address: app.internal:80, resolve: [later]}")) == (
+        "f.yaml:2:61: pools.web.servers[0].resolve: expected now or later, found a list")
+
+
+def test_localhost_resolves_with_the_real_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real lookup (socket.getaddrinfo; /etc/hosts answers for localhost, no socket opened)
+    accepts a server named by host name.
+
+    Old code never looked names up, so it passed too; this guards the real resolver's wiring
+    (its signature, and that a success is not taken for a failure), which the fakes elsewhere skip.
+    """
+    monkeypatch.setattr(l7switch.config.load, "resolve_host", REAL_RESOLVE)
+    c = parse_config(MINIMAL.replace("127.0.0.1:9001", "localhost:9001"))
+    assert c.pools["web"].servers[0].host == "localhost"
