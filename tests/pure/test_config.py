@@ -215,7 +215,7 @@ def test_parse_address_bad(text: str) -> None:
 
 ERROR_CASES = [
     # YAML syntax
-    ("listen: [\n", "f.yaml:2:1: invalid YAML: expected the node content, but found '<stream end>' "
+    ("listen: [\n", "f.yaml:1:10: invalid YAML: expected the node content, but found '<stream end>' "
                     "(while parsing a flow node)"),
     ("a:\n\tb: 1\n", "f.yaml:2:1: invalid YAML: found character '\\t' that cannot start any token "
                      "(while scanning for the next token)"),
@@ -514,3 +514,90 @@ def test_localhost_resolves_with_the_real_resolver(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(l7switch.config.load, "resolve_host", REAL_RESOLVE)
     c = parse_config(MINIMAL.replace("127.0.0.1:9001", "localhost:9001"))
     assert c.pools["web"].servers[0].host == "localhost"
+
+
+# ---- YAML syntax errors at the line that has them ----------------------------------------------------
+
+# 32 lines; the last one lacks its colon.
+THIRTY_TWO = """\
+# A small site: pages, images and an API.
+listen:
+  - address: 127.0.0.1:8080
+  - address: 127.0.0.1:8081
+
+pools:
+  html:
+    scheduler: wlc
+    servers:
+      - 127.0.0.1:9001
+      - {address: 127.0.0.1:9002, weight: 3}
+  images:
+    scheduler: chash
+    servers: [127.0.0.1:9003, 127.0.0.1:9004]
+  api:
+    servers: [127.0.0.1:9005]
+
+rules:
+  - name: api
+    match: {host: api.example.com}
+    pool: api
+  - name: images
+    match: {path_prefix: /images/}
+    pool: images
+  - name: static
+    match: {extension: [png, jpg]}
+    pool: images
+
+timeouts: {connect: 5s, server: 60s}
+limits: {max_header_bytes: 32KiB}
+
+default_pool html
+"""
+
+
+def test_missing_colon_on_the_last_line_is_reported_there(tmp_path: Path) -> None:
+    """A key without its colon on a file's last line is reported at that line (32), not after it.
+
+    Old code reported PyYAML's problem mark, the token after the key: line 33, which the file
+    does not have.
+    """
+    assert THIRTY_TWO.count("\n") == 32 and THIRTY_TWO.splitlines()[31] == "default_pool html"
+    path = tmp_path / "site.yaml"
+    path.write_text(THIRTY_TWO)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [str(i) for i in exc.value.issues] == [
+        f"{path}:32:1: invalid YAML: could not find expected ':' (while scanning a simple key)"]
+    path.write_text(THIRTY_TWO.rstrip("\n"))  # no final newline: the same line
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [(i.line, i.column) for i in exc.value.issues] == [(32, 1)]
+
+
+def test_missing_colon_mid_file_is_reported_at_the_key(tmp_path: Path) -> None:
+    """A key without its colon in the middle of a file is reported at the key's own line.
+
+    Old code reported the line after it, where PyYAML found the next token.
+    """
+    path = tmp_path / "site.yaml"
+    good = THIRTY_TWO.replace("default_pool html", "default_pool: html")
+    path.write_text(good)
+    assert load_config(path).default_pool == "html"
+    path.write_text(good.replace("    pool: api\n", "    pool api\n"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [str(i) for i in exc.value.issues] == [
+        f"{path}:21:5: invalid YAML: could not find expected ':' (while scanning a simple key)"]
+
+
+def test_syntax_error_at_end_of_input_stays_within_the_file() -> None:
+    """An error PyYAML finds at the end of input (an unclosed bracket or quote, trailing blank
+    lines) is reported just after the last non-blank line, never on a line past it.
+
+    Old code reported the end-of-stream mark: a line after the last, or a trailing blank line.
+    """
+    assert issues("listen: [\n") == [
+        "f.yaml:1:10: invalid YAML: expected the node content, but found '<stream end>' "
+        "(while parsing a flow node)"]
+    assert issues(MINIMAL + "rules: [{pool: 'web}]\n\n\n") == [
+        "f.yaml:4:22: invalid YAML: found unexpected end of stream (while scanning a quoted scalar)"]
