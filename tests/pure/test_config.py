@@ -250,7 +250,8 @@ ERROR_CASES = [
     (MINIMAL.replace("listen: [{address: 127.0.0.1:8080}]", "listen:"),
      "f.yaml:1:8: listen: expected at least one listener, e.g. '- address: 127.0.0.1:8080'"),
     (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{address: 127.0.0.1:8080, port: 80}]"),
-     "f.yaml:1:36: listen[0]: unknown key 'port'; expected one of: address, default_pool, mode, sni, tls"),
+     "f.yaml:1:36: listen[0]: unknown key 'port'; expected one of: address, default_pool, mode, sni, tls, "
+     "upgrades"),
     (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{}]"),
      "f.yaml:1:10: listen[0]: missing required key 'address'"),
     (MINIMAL.replace("{servers: [127.0.0.1:9001]}", "{servers: []}"),
@@ -601,3 +602,42 @@ def test_syntax_error_at_end_of_input_stays_within_the_file() -> None:
         "(while parsing a flow node)"]
     assert issues(MINIMAL + "rules: [{pool: 'web}]\n\n\n") == [
         "f.yaml:4:22: invalid YAML: found unexpected end of stream (while scanning a quoted scalar)"]
+
+
+# ---- listen[].upgrades -------------------------------------------------------------------------------
+
+def listener_with(upgrades: str, mode: str = "") -> str:
+    return MINIMAL.replace("[{address: 127.0.0.1:8080}]",
+                           f"\n  - address: 127.0.0.1:8080\n{mode}    upgrades: {upgrades}")
+
+
+def test_listener_upgrades_read_lower_case() -> None:
+    """``upgrades`` lists the Upgrade tokens an http listener may tunnel, lower-cased; [] means none;
+    without the key, websocket. Old code had no such key ('unknown key' for listen[0].upgrades).
+    """
+    assert parse_config(MINIMAL).listeners[0].upgrades == ("websocket",)
+    assert parse_config(MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[127.0.0.1:8080]")
+                        ).listeners[0].upgrades == ("websocket",)
+    assert parse_config(listener_with("[]")).listeners[0].upgrades == ()
+    assert parse_config(listener_with("[WebSocket, Foo]")).listeners[0].upgrades == ("websocket", "foo")
+    assert parse_config(listener_with("websocket")).listeners[0].upgrades == ("websocket",)
+
+
+def test_listener_upgrades_errors() -> None:
+    """h2c is refused with the reason, a non-token and a repeat are errors at their item, and a
+    tls-passthrough listener may not have the key at all.
+
+    Old code: every one of these was the same 'unknown key' error, with no reason given.
+    """
+    assert issues(listener_with("[websocket, H2C]")) == [
+        "f.yaml:3:27: listen[0].upgrades: 'H2C' is never tunnelled (HTTP/2 frames would pass the rules "
+        "unseen); clients that offer it are answered over HTTP/1.1"]
+    assert issues(listener_with("['web socket', websocket, WEBSOCKET]")) == [
+        "f.yaml:3:16: listen[0].upgrades: expected an Upgrade token such as 'websocket', found 'web socket'",
+        "f.yaml:3:41: listen[0].upgrades: 'WEBSOCKET' is listed twice; keep one"]
+    assert issues(listener_with("")) == [
+        "f.yaml:3:14: listen[0].upgrades: expected a list of Upgrade tokens such as [websocket], or [] "
+        "for none, found nothing"]
+    assert issues(listener_with("[websocket]", mode="    mode: tls-passthrough\n    default_pool: web\n")) == [
+        "f.yaml:5:5: listen[0].upgrades: only for http listeners (a tls-passthrough listener relays TLS "
+        "bytes and never sees an Upgrade header)"]
