@@ -641,3 +641,22 @@ def test_listener_upgrades_errors() -> None:
     assert issues(listener_with("[websocket]", mode="    mode: tls-passthrough\n    default_pool: web\n")) == [
         "f.yaml:5:5: listen[0].upgrades: only for http listeners (a tls-passthrough listener relays TLS "
         "bytes and never sees an Upgrade header)"]
+
+
+# ---- limits.max_response_header_bytes ----------------------------------------------------------------
+
+def test_max_response_header_bytes_read_and_checked() -> None:
+    """``limits.max_response_header_bytes`` is a size like the other limits (default 64 KiB).
+
+    Old code had no such key (refused as unknown): a server's response head was bounded only by
+    a count of 101 fields, never in bytes.
+    """
+    assert parse_config(MINIMAL).limits.max_response_header_bytes == 65536
+    c = parse_config(MINIMAL + "limits: {max_response_header_bytes: 16KiB}\n")
+    assert c.limits.max_response_header_bytes == 16384
+    assert c.limits.max_header_bytes == Limits().max_header_bytes  # the others keep their defaults
+    assert one_issue(MINIMAL + "limits: {max_response_header_bytes: lots}\n") == (
+        "f.yaml:4:37: limits.max_response_header_bytes: expected a size such as 65536, '64KiB', "
+        "'1MiB' or '1k', found 'lots'")
+    assert one_issue(MINIMAL + "limits: {max_response_header_bytes: 0}\n") == (
+        "f.yaml:4:37: limits.max_response_header_bytes: expected a size of at least 1, found '0'")
