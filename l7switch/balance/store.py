@@ -39,6 +39,10 @@ class Store(Protocol):
     def expire(self) -> int:
         """Drop expired entries now; returns how many."""
 
+    def resize(self, max_entries: int) -> int:
+        """Hold at most ``max_entries`` from now on, dropping the least recently used entries
+        beyond it; returns how many were dropped."""
+
     def __len__(self) -> int: ...
 
 
@@ -67,9 +71,20 @@ class MemoryStore:
         d = self._d
         d[key] = (value, self.clock() + ttl)
         d.move_to_end(key)
+        self._trim()
+
+    def _trim(self) -> int:
+        d = self._d
+        n = 0
         while len(d) > self.max_entries:
             d.popitem(last=False)
-            self.evicted += 1
+            n += 1
+        self.evicted += n
+        return n
+
+    def resize(self, max_entries: int) -> int:
+        self.max_entries = max_entries
+        return self._trim()
 
     def touch(self, key: str, ttl: float) -> bool:
         d = self._d
@@ -116,17 +131,26 @@ class MemoryStore:
 class Tables:
     """The named stores of one switch process, handed from the old config to the new on reload."""
 
-    __slots__ = ("stores", "factory")
+    __slots__ = ("stores", "bounds", "factory")
 
     def __init__(self, factory: Callable[[int], Store] | None = None) -> None:
         self.stores: dict[str, Store] = {}
+        self.bounds: dict[str, int] = {}  # the max_entries each store was last given
         self.factory: Callable[[int], Store] = factory or (lambda n: MemoryStore(n))
 
-    def table(self, name: str, max_entries: int = DEFAULT_MAX_ENTRIES) -> Store:
-        """The store called ``name`` (e.g. "source:app"), created on first use."""
+    def table(self, name: str, max_entries: int | None = None) -> Store:
+        """The store called ``name`` (e.g. "source:app"), created on first use with
+        ``max_entries`` (default DEFAULT_MAX_ENTRIES). A store that exists takes a new bound when
+        one is given: a reload that shrinks ``max_entries`` gets the smaller table it asked for,
+        its least recently used entries dropped, instead of the old bound kept silently."""
         store = self.stores.get(name)
         if store is None:
-            store = self.stores[name] = self.factory(max_entries)
+            bound = DEFAULT_MAX_ENTRIES if max_entries is None else max_entries
+            store = self.stores[name] = self.factory(bound)
+            self.bounds[name] = bound
+        elif max_entries is not None and max_entries != self.bounds[name]:
+            store.resize(max_entries)
+            self.bounds[name] = max_entries
         return store
 
     def expire(self) -> int:

@@ -3,6 +3,7 @@
 ```yaml
 listen:
   - address: 127.0.0.1:8080                       # plain HTTP (short form: "- 127.0.0.1:8080")
+    upgrades: [websocket]                          # Upgrade tokens that may become tunnels; [] = none
   - address: 127.0.0.1:8443
     tls: {cert: site.pem, key: site.key, min_version: TLSv1.2, alpn: [http/1.1]}
   - address: 127.0.0.1:8444
@@ -32,12 +33,13 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ..http.message import NEVER_TUNNELLED
 from ..net.tls import TLS_VERSIONS, cert_names
-from ..spec import ListenerSpec, TLSSpec
+from ..spec import DEFAULT_UPGRADES, ListenerSpec, TLSSpec
 from .yamlnodes import (Issues, address, did_you_mean, expect, is_null, mapping, nonempty_text,
                         text_list)
 
-LISTEN_KEYS = ("address", "mode", "tls", "sni", "default_pool")
+LISTEN_KEYS = ("address", "mode", "tls", "sni", "default_pool", "upgrades")
 TLS_KEYS = ("cert", "key", "certs", "min_version", "alpn")
 CERT_KEYS = ("cert", "key")
 MODES = ("http", "tls-passthrough")
@@ -49,6 +51,7 @@ ALPN_ALLOWED = ("http/1.1", "http/1.0")
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _SNI_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 _RETIRED = ("sslv2", "sslv3", "tlsv1", "tlsv1.0", "tlsv1.1")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2; an Upgrade protocol-name
 DEFAULT_TLS = TLSSpec(())  # the defaults of min_version and alpn
 
 
@@ -133,9 +136,44 @@ def _listener(m: dict[str, tuple[Node, Node]], path: str, addr: tuple[str, int] 
             default_pool = nonempty_text(dnode, f"{path}.default_pool", issues, "a pool name")
             if default_pool is not None:
                 out.refs.append((default_pool, dnode, f"{path}.default_pool", where, line))
+    upgrades = DEFAULT_UPGRADES
+    if "upgrades" in m:
+        ukey, unode = m["upgrades"]
+        if mode == PASSTHROUGH:
+            issues.add(ukey, f"{path}.upgrades: only for http listeners (a tls-passthrough listener "
+                       "relays TLS bytes and never sees an Upgrade header)")
+        else:
+            upgrades = _upgrades(unode, f"{path}.upgrades", issues)
     if addr is None or len(issues) != n_before:
         return None
-    return ListenerSpec(addr[0], addr[1], mode, tls, tuple(sni), default_pool)
+    return ListenerSpec(addr[0], addr[1], mode, tls, tuple(sni), default_pool, upgrades)
+
+
+def _upgrades(node: Node, path: str, issues: Issues) -> tuple[str, ...]:
+    """Lower-case Upgrade tokens (RFC 9110 §7.8 compares protocol names case-insensitively);
+    an empty list means no request becomes a tunnel."""
+    if isinstance(node, SequenceNode) and not node.value:
+        return ()
+    if is_null(node):
+        issues.add(node, f"{path}: expected a list of Upgrade tokens such as [websocket], or [] for "
+                   "none, found nothing")
+        return DEFAULT_UPGRADES
+    items = text_list(node, path, issues, "an Upgrade token such as 'websocket'")
+    if items is None:
+        return DEFAULT_UPGRADES
+    out: list[str] = []
+    for value, item in items:
+        token = value.strip().lower()
+        if not _TOKEN.fullmatch(token):
+            issues.add(item, f"{path}: expected an Upgrade token such as 'websocket', found {value!r}")
+        elif token.encode("ascii") in NEVER_TUNNELLED:
+            issues.add(item, f"{path}: {value!r} is never tunnelled (HTTP/2 frames would pass the rules "
+                       "unseen); clients that offer it are answered over HTTP/1.1")
+        elif token in out:
+            issues.add(item, f"{path}: {value!r} is listed twice; keep one")
+        else:
+            out.append(token)
+    return tuple(out)
 
 
 def _sni(node: Node, path: str, issues: Issues, out: Listen, where: str,

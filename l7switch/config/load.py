@@ -9,6 +9,8 @@ column, or returns a ``Config``. The sections have their own modules: listen.py,
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import socket
 import types
 from collections.abc import Callable
 from os import PathLike
@@ -27,8 +29,39 @@ from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duratio
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice")
 POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence")
-SERVER_KEYS = ("address", "weight", "name", "cookie")
+SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve")
+# When a server's host name must resolve: at check time (as HAProxy and nginx refuse to start on
+# "host not found in upstream"), or only where and when the switch connects.
+RESOLVE_MODES = ("now", "later")
 DEFAULT_SCHEDULER = "rr"  # HAProxy's default "balance roundrobin" (ipvsadm's default is wlc)
+
+
+def resolve_host(host: str, port: int) -> None:
+    """Raise OSError (socket.gaierror) if ``host`` does not resolve; a module-level function so
+    tests can put a fake in its place and stay off the network."""
+    socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+class Resolved:
+    """Host names looked up once per (host, port) in a file, however many servers name them."""
+
+    __slots__ = ("results",)
+
+    def __init__(self) -> None:
+        self.results: dict[tuple[str, int], str | None] = {}  # None: resolves; else why not
+
+    def problem(self, host: str, port: int) -> str | None:
+        key = (host.lower(), port)
+        if key not in self.results:
+            try:
+                resolve_host(host, port)
+            except OSError as e:
+                self.results[key] = e.strerror or str(e) or type(e).__name__
+            except UnicodeError as e:  # an IDNA label too long or otherwise unencodable
+                self.results[key] = f"not a valid host name: {e}"
+            else:
+                self.results[key] = None
+        return self.results[key]
 
 
 def load_config(path: str | PathLike[str]) -> Config:
@@ -69,7 +102,8 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         return fn(entry[1], issues)
 
     listen = parse_listen(top["listen"][1], issues, filename) if "listen" in top else Listen(http=True)
-    pools, pool_names = section("pools", _pools, ({}, []))
+    resolved = Resolved()
+    pools, pool_names = section("pools", lambda n, i: _pools(n, i, resolved), ({}, []))
     if "pools" in top:
         pnode = top["pools"][1]
         if is_null(pnode) or (isinstance(pnode, MappingNode) and not pnode.value):
@@ -100,7 +134,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     )
 
 
-def _pools(node: Node, issues: Issues) -> tuple[dict[str, PoolSpec], list[str]]:
+def _pools(node: Node, issues: Issues, resolved: Resolved) -> tuple[dict[str, PoolSpec], list[str]]:
     """The valid pools, and the names of all pools written (so rules naming a pool that has its
     own error are not also reported as unknown)."""
     entries = mapping(node, "pools", issues)
@@ -108,14 +142,14 @@ def _pools(node: Node, issues: Issues) -> tuple[dict[str, PoolSpec], list[str]]:
         return {}, []
     pools: dict[str, PoolSpec] = {}
     for name, (key, value) in entries.items():
-        spec = _pool(name, key, value, issues)
+        spec = _pool(name, key, value, issues, resolved)
         if spec is not None:
             pools[name] = spec
     check_cookie_names(pools, entries, issues)
     return pools, list(entries)
 
 
-def _pool(name: str, key: Node, node: Node, issues: Issues) -> PoolSpec | None:
+def _pool(name: str, key: Node, node: Node, issues: Issues, resolved: Resolved) -> PoolSpec | None:
     path = f"pools.{name}"
     if not name.strip():
         issues.add(key, "pools: pool names must not be empty")
@@ -151,7 +185,7 @@ def _pool(name: str, key: Node, node: Node, issues: Issues) -> PoolSpec | None:
                 issues.add(ovalue, f"{opath}.{oname}: {e}")
     servers: list[ServerSpec] = []
     if "servers" in m:
-        servers = _servers(m["servers"][1], f"{path}.servers", name, issues)
+        servers = _servers(m["servers"][1], f"{path}.servers", name, issues, resolved)
     if cls is not None and len(issues) == n_before:
         # Checks across options and the pool size (t_low < t_high, a Maglev table size > 100·N).
         full = {oname: opt.default for oname, opt in cls.options.items()} | options
@@ -166,7 +200,7 @@ def _pool(name: str, key: Node, node: Node, issues: Issues) -> PoolSpec | None:
     return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options), persistence)
 
 
-def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpec]:
+def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolved) -> list[ServerSpec]:
     if is_null(node) or (isinstance(node, SequenceNode) and not node.value):
         issues.add(node, f"{path}: pool {pool!r} has no servers; expected at least one host:port")
         return []
@@ -174,6 +208,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
         return []
     out: list[ServerSpec] = []
     names: dict[str, int] = {}
+    addresses: dict[tuple[str, int], int] = {}  # (canonical host, port) -> line
     cookies: dict[str, int] = {}  # explicit persistence cookie values -> line
     for i, item in enumerate(node.value):
         ipath = f"{path}[{i}]"
@@ -181,6 +216,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
         name: str | None = None
         name_node: Node = item
         cookie: str | None = None
+        later = False
         addr_node: Node
         if isinstance(item, ScalarNode):  # short form: "host:port"
             addr_node, apath = item, ipath
@@ -200,17 +236,59 @@ def _servers(node: Node, path: str, pool: str, issues: Issues) -> list[ServerSpe
                 cookie = server_cookie(m["cookie"][1], f"{ipath}.cookie", issues, cookies)
                 if cookie is None:
                     continue
+            if "resolve" in m:
+                rnode = m["resolve"][1]
+                mode = nonempty_text(rnode, f"{ipath}.resolve", issues, "now or later")
+                if mode is None:
+                    continue
+                if mode not in RESOLVE_MODES:
+                    issues.add(rnode, f"{ipath}.resolve: expected now or later, found {mode!r}"
+                               f"{did_you_mean(mode, RESOLVE_MODES)}")
+                    continue
+                later = mode == "later"
         addr = address(addr_node, apath, issues)
         if addr is None or weight is None:
             continue
+        # One address twice doubles its share silently and splits its persistence between two
+        # names: the mistake HAProxy refuses as one server name twice in a backend.
+        where = _canonical(*addr)
+        if where in addresses:
+            issues.add(addr_node, f"{ipath}: duplicate server address {addr_node.value.strip()!r} in "
+                       f"pool {pool!r} (first at line {addresses[where]})")
+            continue
+        addresses[where] = addr_node.start_mark.line + 1
+        if not later and not _is_ip(addr[0]):
+            problem = resolved.problem(*addr)
+            if problem is not None:
+                fix = ("add 'resolve: later'" if addr_node is not item else
+                       f"write {{address: {addr_node.value.strip()}, resolve: later}}")
+                issues.add(addr_node, f"{apath}: host {addr[0]!r} does not resolve ({problem}); fix "
+                           f"the name, or {fix} if it resolves only where the switch runs")
         name = name if name is not None else addr_node.value.strip()
         if name in names:
             issues.add(name_node, f"{ipath}: duplicate server name {name!r} in pool {pool!r} "
                        f"(first at line {names[name]})")
             continue
         names[name] = name_node.start_mark.line + 1
-        out.append(ServerSpec(name, addr[0], addr[1], weight, cookie))
+        out.append(ServerSpec(name, addr[0], addr[1], weight, cookie, later))
     return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _canonical(host: str, port: int) -> tuple[str, int]:
+    """The key under which two spellings of one address compare equal: host names are
+    case-insensitive (RFC 4343), and an IPv6 literal has many spellings ('::1', '0:0::1')."""
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return host.lower().rstrip("."), port
 
 
 # ---- small sections ---------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def _extension(node: Node, path: str, issues: Issues, depth: int) -> MatchSpec |
     if items is None:
         return None
     exts = []
-    for value, item in items:
+    for value, item in items:  # every bad entry is reported, not just the first
         ext = value.strip()
         if "*" in ext or "?" in ext:
             # A shell glob: "*.png" would otherwise look for files ending in ".*.png".
@@ -106,12 +106,14 @@ def _extension(node: Node, path: str, issues: Issues, depth: int) -> MatchSpec |
             hint = f"; write {bare!r}" if bare and not any(c in bare for c in "*?/") else ""
             issues.add(item, f"{path}: {value!r} is a glob; an extension is written without '*' "
                        f"(a leading dot is optional){hint}")
-            return None
+            continue
         ext = ext[1:] if ext.startswith(".") else ext
         if not ext or "/" in ext or ext.startswith("."):
             issues.add(item, f"{path}: expected a file extension such as 'png', found {value!r}")
-            return None
+            continue
         exts.append(ext.lower())
+    if len(exts) != len(items):
+        return None
     return MatchSpec("extension", tuple(exts))
 
 

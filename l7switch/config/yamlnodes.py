@@ -58,12 +58,16 @@ def compose(text: str, issues: Issues) -> Node | None:
         return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if e.context == "while scanning a simple key" and e.context_mark is not None:
+            # "could not find expected ':'" is noticed only at the token after the key, on the
+            # next line (past the end when the key is the last line): the key is the mistake.
+            mark = e.context_mark
         what = e.problem or e.context or "syntax error"
         context = f" ({e.context})" if e.problem and e.context else ""
         if mark is None:
             issues.at(1, 1, f"invalid YAML: {what}{context}")
         else:
-            issues.add(mark, f"invalid YAML: {what}{context}")
+            issues.at(*_within(text, mark.line, mark.column), f"invalid YAML: {what}{context}")
     except yaml.reader.ReaderError as e:  # a control character or bad encoding
         before = text[: e.position]
         line = before.count("\n") + 1
@@ -72,6 +76,20 @@ def compose(text: str, issues: Issues) -> Node | None:
     except yaml.YAMLError as e:
         issues.at(1, 1, f"invalid YAML: {e}")
     return None
+
+
+_LINE_BREAK = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")  # what YAML 1.1 counts as one (§5.4)
+
+
+def _within(text: str, line: int, column: int) -> tuple[int, int]:
+    """1-based (line, column) for a 0-based mark, moved back to just after the last non-blank
+    line when it points past it: an error found at the end of input belongs to what came last,
+    not to a line the editor shows as empty or does not show at all."""
+    lines = _LINE_BREAK.split(text)
+    last = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].strip()), 0)
+    if line > last:
+        return last + 1, len(lines[last].rstrip()) + 1
+    return line + 1, column + 1
 
 
 def kind(node: Node) -> str:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import types
 from pathlib import Path
 
 import pytest
 
+import l7switch.config.load
 from l7switch.balance.schedulers import KEY_OPTIONS, SCHEDULERS, Option, Scheduler
 from l7switch.balance.schedulers.base import integer
 from l7switch.config import load_config, parse_config
 from l7switch.config.yamlnodes import parse_address, parse_duration, parse_size
 from l7switch.errors import ConfigError, ConfigIssue
+from l7switch.http.rules import RequestView, Router
 from l7switch.spec import (
     Config,
     Limits,
@@ -25,6 +28,7 @@ from l7switch.spec import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+REAL_RESOLVE = l7switch.config.load.resolve_host  # tests/pure/conftest.py fakes it for every test
 
 GOOD = """\
 listen:
@@ -211,7 +215,7 @@ def test_parse_address_bad(text: str) -> None:
 
 ERROR_CASES = [
     # YAML syntax
-    ("listen: [\n", "f.yaml:2:1: invalid YAML: expected the node content, but found '<stream end>' "
+    ("listen: [\n", "f.yaml:1:10: invalid YAML: expected the node content, but found '<stream end>' "
                     "(while parsing a flow node)"),
     ("a:\n\tb: 1\n", "f.yaml:2:1: invalid YAML: found character '\\t' that cannot start any token "
                      "(while scanning for the next token)"),
@@ -246,7 +250,8 @@ ERROR_CASES = [
     (MINIMAL.replace("listen: [{address: 127.0.0.1:8080}]", "listen:"),
      "f.yaml:1:8: listen: expected at least one listener, e.g. '- address: 127.0.0.1:8080'"),
     (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{address: 127.0.0.1:8080, port: 80}]"),
-     "f.yaml:1:36: listen[0]: unknown key 'port'; expected one of: address, default_pool, mode, sni, tls"),
+     "f.yaml:1:36: listen[0]: unknown key 'port'; expected one of: address, default_pool, mode, sni, tls, "
+     "upgrades"),
     (MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[{}]"),
      "f.yaml:1:10: listen[0]: missing required key 'address'"),
     (MINIMAL.replace("{servers: [127.0.0.1:9001]}", "{servers: []}"),
@@ -385,3 +390,273 @@ def test_shipped_rule_files_load(name: str) -> None:
     c = load_config(ROOT / "rules" / name)
     assert c.pools and c.listeners and c.default_pool in c.pools
     assert all(r.pool in c.pools for r in c.rules)
+
+
+# ---- extension globs -------------------------------------------------------------------------------
+
+EXT_RULE = MINIMAL + "rules:\n  - match: {extension: %s}\n    pool: web\n"
+
+
+def test_extension_globs_refused_with_a_hint_dotted_forms_kept() -> None:
+    """``extension: ["*.png"]`` is an error at its own line and column, with the fix; ``*`` alone is
+    an error with no fix to offer; every glob in a list is reported; ``.PNG`` still reads as png.
+
+    Old code accepted "*.png" silently as the suffix ".*.png", which no path ever ends with, so
+    the rule never matched (and "*" became the suffix ".*").
+    """
+    assert issues(EXT_RULE % '["*.png"]') == [
+        "f.yaml:5:25: rules[0].match.extension: '*.png' is a glob; an extension is written "
+        "without '*' (a leading dot is optional); write 'png'"]
+    assert issues(EXT_RULE % '"*"') == [
+        "f.yaml:5:24: rules[0].match.extension: '*' is a glob; an extension is written "
+        "without '*' (a leading dot is optional)"]
+    found = issues(EXT_RULE % '[png, "*.jpg", "*.gif"]')
+    assert [(f.split(":")[1], f.split(":")[2], f.rsplit("; ", 1)[1]) for f in found] == [
+        ("5", "30", "write 'jpg'"), ("5", "39", "write 'gif'")]
+    c = parse_config(EXT_RULE % '[".PNG"]')
+    assert c.rules[0].match.values == ("png",)
+    rule, pool = Router.from_specs(c.rules, c.default_pool).route(
+        RequestView.from_url("GET", "/a/logo.png", []))
+    assert rule is not None and pool == "web"
+
+
+# ---- servers: one address once per pool; host names that must resolve -----------------------------
+
+def test_duplicate_server_address_in_a_pool() -> None:
+    """The same address twice in one pool is reported at the second entry, naming the first's line;
+    host names compare case-insensitively and IPv6 literals by value. The same address in two
+    pools is fine.
+
+    Old code accepted both entries: the address got twice its weight and two names, which split
+    its persistence cookies and source-table entries between them.
+    """
+    text = MINIMAL.replace("{web: {servers: [127.0.0.1:9001]}}", """
+  web:
+    servers:
+      - 127.0.0.1:9001
+      - {address: 127.0.0.1:9001, name: again}
+      - {address: Backend.Example:80, name: b1}
+      - {address: backend.example:80, name: b2}
+      - "[::1]:80"
+      - "[0:0::1]:80"
+  other: {servers: [127.0.0.1:9001, backend.example:80]}""")
+    assert issues(text) == [
+        "f.yaml:6:19: pools.web.servers[1]: duplicate server address '127.0.0.1:9001' in pool 'web' "
+        "(first at line 5)",
+        "f.yaml:8:19: pools.web.servers[3]: duplicate server address 'backend.example:80' in pool 'web' "
+        "(first at line 7)",
+        "f.yaml:10:9: pools.web.servers[5]: duplicate server address '[0:0::1]:80' in pool 'web' "
+        "(first at line 9)",
+    ]
+    # Different ports of one host are different servers.
+    c = parse_config(MINIMAL.replace("[127.0.0.1:9001]", "[127.0.0.1:9001, 127.0.0.1:9002]"))
+    assert [s.port for s in c.pools["web"].servers] == [9001, 9002]
+
+
+def test_unresolvable_server_host_is_an_error_unless_resolve_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server host name that does not resolve is an error at its address, with both fixes;
+    ``resolve: later`` skips the lookup and is kept in the ServerSpec; each (host, port) is looked
+    up once per file, IP literals never.
+
+    Old code: the unresolvable name passed check and every request to it failed at run time
+    (and ``resolve`` was an unknown key).
+    """
+    looked_up: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> None:
+        looked_up.append((host, port))
+        if host == "no-such-host.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(l7switch.config.load, "resolve_host", resolve)
+    text = MINIMAL.replace("{web: {servers: [127.0.0.1:9001]}}", """
+  web:
+    servers:
+      - {address: no-such-host.invalid:80, name: a}
+      - no-such-host.invalid:81
+      - {address: app.internal:80, name: c}
+  other:
+    servers:
+      - {address: No-Such-Host.invalid:80, name: a}
+      - {address: app.internal:80, name: c}
+      - "[::1]:80"
+""")
+    assert issues(text) == [
+        "f.yaml:5:19: pools.web.servers[0].address: host 'no-such-host.invalid' does not resolve "
+        "(Name or service not known); fix the name, or add 'resolve: later' if it resolves only "
+        "where the switch runs",
+        "f.yaml:6:9: pools.web.servers[1]: host 'no-such-host.invalid' does not resolve "
+        "(Name or service not known); fix the name, or write {address: no-such-host.invalid:81, "
+        "resolve: later} if it resolves only where the switch runs",
+        "f.yaml:10:19: pools.other.servers[0].address: host 'No-Such-Host.invalid' does not resolve "
+        "(Name or service not known); fix the name, or add 'resolve: later' if it resolves only "
+        "where the switch runs",
+    ]
+    assert looked_up == [("no-such-host.invalid", 80), ("no-such-host.invalid", 81), ("app.internal", 80)]
+
+    looked_up.clear()
+    c = parse_config(MINIMAL.replace("127.0.0.1:9001", "{address: no-such-host.invalid:80, resolve: later}, "
+                                     "{address: app.internal:80, resolve: now}"))
+    assert [(s.host, s.resolve_later) for s in c.pools["web"].servers] == [
+        ("no-such-host.invalid", True), ("app.internal", False)]
+    assert looked_up == [("app.internal", 80)]
+    assert one_issue(MINIMAL.replace("127.0.0.1:9001", "{address: app.internal:80, resolve: latr}")) == (
+        "f.yaml:2:61: pools.web.servers[0].resolve: expected now or later, found 'latr'; did you mean 'later'?")
+    assert one_issue(MINIMAL.replace("127.0.0.1:9001", "{address: app.internal:80, resolve: [later]}")) == (
+        "f.yaml:2:61: pools.web.servers[0].resolve: expected now or later, found a list")
+
+
+def test_localhost_resolves_with_the_real_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real lookup (socket.getaddrinfo; /etc/hosts answers for localhost, no socket opened)
+    accepts a server named by host name.
+
+    Old code never looked names up, so it passed too; this guards the real resolver's wiring
+    (its signature, and that a success is not taken for a failure), which the fakes elsewhere skip.
+    """
+    monkeypatch.setattr(l7switch.config.load, "resolve_host", REAL_RESOLVE)
+    c = parse_config(MINIMAL.replace("127.0.0.1:9001", "localhost:9001"))
+    assert c.pools["web"].servers[0].host == "localhost"
+
+
+# ---- YAML syntax errors at the line that has them ----------------------------------------------------
+
+# 32 lines; the last one lacks its colon.
+THIRTY_TWO = """\
+# A small site: pages, images and an API.
+listen:
+  - address: 127.0.0.1:8080
+  - address: 127.0.0.1:8081
+
+pools:
+  html:
+    scheduler: wlc
+    servers:
+      - 127.0.0.1:9001
+      - {address: 127.0.0.1:9002, weight: 3}
+  images:
+    scheduler: chash
+    servers: [127.0.0.1:9003, 127.0.0.1:9004]
+  api:
+    servers: [127.0.0.1:9005]
+
+rules:
+  - name: api
+    match: {host: api.example.com}
+    pool: api
+  - name: images
+    match: {path_prefix: /images/}
+    pool: images
+  - name: static
+    match: {extension: [png, jpg]}
+    pool: images
+
+timeouts: {connect: 5s, server: 60s}
+limits: {max_header_bytes: 32KiB}
+
+default_pool html
+"""
+
+
+def test_missing_colon_on_the_last_line_is_reported_there(tmp_path: Path) -> None:
+    """A key without its colon on a file's last line is reported at that line (32), not after it.
+
+    Old code reported PyYAML's problem mark, the token after the key: line 33, which the file
+    does not have.
+    """
+    assert THIRTY_TWO.count("\n") == 32 and THIRTY_TWO.splitlines()[31] == "default_pool html"
+    path = tmp_path / "site.yaml"
+    path.write_text(THIRTY_TWO)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [str(i) for i in exc.value.issues] == [
+        f"{path}:32:1: invalid YAML: could not find expected ':' (while scanning a simple key)"]
+    path.write_text(THIRTY_TWO.rstrip("\n"))  # no final newline: the same line
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [(i.line, i.column) for i in exc.value.issues] == [(32, 1)]
+
+
+def test_missing_colon_mid_file_is_reported_at_the_key(tmp_path: Path) -> None:
+    """A key without its colon in the middle of a file is reported at the key's own line.
+
+    Old code reported the line after it, where PyYAML found the next token.
+    """
+    path = tmp_path / "site.yaml"
+    good = THIRTY_TWO.replace("default_pool html", "default_pool: html")
+    path.write_text(good)
+    assert load_config(path).default_pool == "html"
+    path.write_text(good.replace("    pool: api\n", "    pool api\n"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert [str(i) for i in exc.value.issues] == [
+        f"{path}:21:5: invalid YAML: could not find expected ':' (while scanning a simple key)"]
+
+
+def test_syntax_error_at_end_of_input_stays_within_the_file() -> None:
+    """An error PyYAML finds at the end of input (an unclosed bracket or quote, trailing blank
+    lines) is reported just after the last non-blank line, never on a line past it.
+
+    Old code reported the end-of-stream mark: a line after the last, or a trailing blank line.
+    """
+    assert issues("listen: [\n") == [
+        "f.yaml:1:10: invalid YAML: expected the node content, but found '<stream end>' "
+        "(while parsing a flow node)"]
+    assert issues(MINIMAL + "rules: [{pool: 'web}]\n\n\n") == [
+        "f.yaml:4:22: invalid YAML: found unexpected end of stream (while scanning a quoted scalar)"]
+
+
+# ---- listen[].upgrades -------------------------------------------------------------------------------
+
+def listener_with(upgrades: str, mode: str = "") -> str:
+    return MINIMAL.replace("[{address: 127.0.0.1:8080}]",
+                           f"\n  - address: 127.0.0.1:8080\n{mode}    upgrades: {upgrades}")
+
+
+def test_listener_upgrades_read_lower_case() -> None:
+    """``upgrades`` lists the Upgrade tokens an http listener may tunnel, lower-cased; [] means none;
+    without the key, websocket. Old code had no such key ('unknown key' for listen[0].upgrades).
+    """
+    assert parse_config(MINIMAL).listeners[0].upgrades == ("websocket",)
+    assert parse_config(MINIMAL.replace("[{address: 127.0.0.1:8080}]", "[127.0.0.1:8080]")
+                        ).listeners[0].upgrades == ("websocket",)
+    assert parse_config(listener_with("[]")).listeners[0].upgrades == ()
+    assert parse_config(listener_with("[WebSocket, Foo]")).listeners[0].upgrades == ("websocket", "foo")
+    assert parse_config(listener_with("websocket")).listeners[0].upgrades == ("websocket",)
+
+
+def test_listener_upgrades_errors() -> None:
+    """h2c is refused with the reason, a non-token and a repeat are errors at their item, and a
+    tls-passthrough listener may not have the key at all.
+
+    Old code: every one of these was the same 'unknown key' error, with no reason given.
+    """
+    assert issues(listener_with("[websocket, H2C]")) == [
+        "f.yaml:3:27: listen[0].upgrades: 'H2C' is never tunnelled (HTTP/2 frames would pass the rules "
+        "unseen); clients that offer it are answered over HTTP/1.1"]
+    assert issues(listener_with("['web socket', websocket, WEBSOCKET]")) == [
+        "f.yaml:3:16: listen[0].upgrades: expected an Upgrade token such as 'websocket', found 'web socket'",
+        "f.yaml:3:41: listen[0].upgrades: 'WEBSOCKET' is listed twice; keep one"]
+    assert issues(listener_with("")) == [
+        "f.yaml:3:14: listen[0].upgrades: expected a list of Upgrade tokens such as [websocket], or [] "
+        "for none, found nothing"]
+    assert issues(listener_with("[websocket]", mode="    mode: tls-passthrough\n    default_pool: web\n")) == [
+        "f.yaml:5:5: listen[0].upgrades: only for http listeners (a tls-passthrough listener relays TLS "
+        "bytes and never sees an Upgrade header)"]
+
+
+# ---- limits.max_response_header_bytes ----------------------------------------------------------------
+
+def test_max_response_header_bytes_read_and_checked() -> None:
+    """``limits.max_response_header_bytes`` is a size like the other limits (default 64 KiB).
+
+    Old code had no such key (refused as unknown): a server's response head was bounded only by
+    a count of 101 fields, never in bytes.
+    """
+    assert parse_config(MINIMAL).limits.max_response_header_bytes == 65536
+    c = parse_config(MINIMAL + "limits: {max_response_header_bytes: 16KiB}\n")
+    assert c.limits.max_response_header_bytes == 16384
+    assert c.limits.max_header_bytes == Limits().max_header_bytes  # the others keep their defaults
+    assert one_issue(MINIMAL + "limits: {max_response_header_bytes: lots}\n") == (
+        "f.yaml:4:37: limits.max_response_header_bytes: expected a size such as 65536, '64KiB', "
+        "'1MiB' or '1k', found 'lots'")
+    assert one_issue(MINIMAL + "limits: {max_response_header_bytes: 0}\n") == (
+        "f.yaml:4:37: limits.max_response_header_bytes: expected a size of at least 1, found '0'")

@@ -95,3 +95,30 @@ def test_unknown_upgrade_forwarded_as_plain_http(proxy):
         assert "upgrade" not in header_names(r.json())
         c.send(get("/echo/next"))
         assert c.response().status == 200
+
+
+# ---- listen[].upgrades: [] ----------------------------------------------------------------------
+
+def test_listener_without_upgrades_forwards_websocket_as_plain_http(origin_factory, switch_factory):
+    """A listener with ``upgrades: []`` tunnels nothing: a websocket upgrade request is forwarded
+    as a plain request (the origin sees no Upgrade field and answers 200) and the connection
+    serves the next request, as for any plain request.
+
+    Old code had no ``upgrades`` key (the rule file was refused as 'unknown key'); every listener
+    offered the websocket upgrade to the server.
+    """
+    o = origin_factory("o1")
+    sw = switch_factory(f"listen: [{{address: 127.0.0.1:0, upgrades: []}}]\n"
+                        f"pools: {{p: {{servers: [127.0.0.1:{o.port}]}}}}\ndefault_pool: p\n")
+    with Conn(sw.port) as c:
+        c.send(get("/echo", extra="Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                  "Sec-WebSocket-Version: 13\r\n"))
+        r = c.response()
+        assert r.status == 200, r
+        assert r.header("upgrade") is None
+        names = header_names(r.json())
+        assert "upgrade" not in names
+        c.send(get("/echo/next"))
+        r2 = c.response()
+        assert r2.status == 200 and r2.json()["path"] == "/echo/next"
