@@ -16,16 +16,8 @@ from l7switch.config import load_config, parse_config
 from l7switch.config.yamlnodes import parse_address, parse_duration, parse_size
 from l7switch.errors import ConfigError, ConfigIssue
 from l7switch.http.rules import RequestView, Router
-from l7switch.spec import (
-    Config,
-    Limits,
-    ListenerSpec,
-    PoolSpec,
-    ServerSpec,
-    SpliceSpec,
-    Timeouts,
-    UpstreamSpec,
-)
+from l7switch.spec import (Config, Limits, ListenerSpec, PoolSpec, ServerSpec, SpliceSpec, Timeouts,
+                           UpstreamSpec)
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_RESOLVE = l7switch.config.load.resolve_host  # tests/pure/conftest.py fakes it for every test

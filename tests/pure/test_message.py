@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 
 from l7switch.errors import BadRequest
-from l7switch.http.message import (
-    check_request,
-    error_response,
-    forward_request_head,
-    forward_response_head,
-    normalize_path,
-)
+from l7switch.http.message import (check_request, error_response, forward_request_head, forward_response_head,
+                                   normalize_path)
 
 H = [(b"host", b"example.com")]
 

@@ -12,18 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l7switch.balance.build import build_pool, explain_choice
-from l7switch.balance.persistence import (
-    PICK,
-    REFUSE,
-    STICK,
-    CookiePersistence,
-    SourcePersistence,
-    edit_cookie_field,
-    edit_set_cookie,
-    scan_request_cookies,
-    server_cookie_id,
-    source_key,
-)
+from l7switch.balance.persistence import (PICK, REFUSE, STICK, CookiePersistence, SourcePersistence,
+                                          edit_cookie_field, edit_set_cookie, scan_request_cookies,
+                                          server_cookie_id, source_key)
 from l7switch.balance.pool import ServerPool
 from l7switch.balance.store import MemoryStore, Tables
 from l7switch.config import load_config, parse_config

@@ -12,23 +12,10 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l7switch.passthrough.tlshello import (
-    ALERT_DECODE_ERROR,
-    ALERT_HANDSHAKE_FAILURE,
-    ALERT_RECORD_OVERFLOW,
-    ALERT_UNEXPECTED_MESSAGE,
-    CLIENT_HELLO,
-    MAX_RECORD,
-    NEED_MORE,
-    SERVER_HELLO,
-    TLS12,
-    TLS13,
-    BadHello,
-    ClientHello,
-    HelloReader,
-    ServerHello,
-    alert,
-)
+from l7switch.passthrough.tlshello import (ALERT_DECODE_ERROR, ALERT_HANDSHAKE_FAILURE, ALERT_RECORD_OVERFLOW,
+                                           ALERT_UNEXPECTED_MESSAGE, CLIENT_HELLO, MAX_RECORD, NEED_MORE,
+                                           SERVER_HELLO, TLS12, TLS13, BadHello, ClientHello, HelloReader,
+                                           ServerHello, alert)
 
 # ---- real hellos ---------------------------------------------------------------------------------
 

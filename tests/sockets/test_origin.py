@@ -17,13 +17,8 @@ import h11
 import pytest
 from kit import LoopThread, connect, read_response, recv_until_close
 
-from l7switch.devtools.origin import (
-    OriginRequest,
-    OriginResponse,
-    OriginServer,
-    pattern_bytes,
-    standard_handler,
-)
+from l7switch.devtools.origin import (OriginRequest, OriginResponse, OriginServer, pattern_bytes,
+                                      standard_handler)
 
 
 @pytest.fixture(scope="module")
