@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from enum import IntEnum
-from typing import cast
+from typing import Any, cast
 
 from ..balance.dispatch import choose, choose_again
 from ..balance.persistence import Persistence
@@ -306,6 +306,12 @@ class PassthroughConnection(asyncio.Protocol):
             self.transport.abort()
         if self.up is not None:
             self.up.close(abort=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"peer": self.peer_ip, "state": self.phase.name.lower(),
+                "pool": self.pool.name if self.pool is not None else None,
+                "server": self.up.server.name if self.up is not None else None,
+                "tunnel": repr(self.tunnel) if self.tunnel is not None else None}
 
     def __repr__(self) -> str:
         server = self.up.server.name if self.up is not None else None

@@ -33,11 +33,13 @@ Defer = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 
 
 class Client(Protocol):
-    """A client connection, as the switch sees it when stopping or counting."""
+    """A client connection, as the switch sees it when stopping, counting or showing it."""
 
     def shutdown(self) -> None: ...
 
     def abort(self) -> None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
 
 
 class Generation:

@@ -75,14 +75,14 @@ class Switch:
         loop = asyncio.get_running_loop()
         self.state.loop = loop
         try:
-            for lst in self.config.listeners:
-                srv = await self._listen(loop, lst)
-                self.listeners.append(srv)
-                for sock in srv.sockets:
+            for spec in self.config.listeners:
+                listener = await self._listen(loop, spec)
+                self.listeners.append(listener)
+                for sock in listener.sockets:
                     self.addresses.append(sock.getsockname()[:2])
         except BaseException:
-            for srv in self.listeners:
-                srv.close()
+            for listener in self.listeners:
+                listener.close()
             self.listeners.clear()
             raise
         self.state.clock.start()
@@ -132,8 +132,8 @@ class Switch:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), then close all."""
         state = self.state
         state.draining = True
-        for srv in self.listeners:
-            srv.close()
+        for listener in self.listeners:
+            listener.close()
         for client in list(state.clients):
             client.shutdown()
         deadline = time.monotonic() + grace
@@ -143,17 +143,21 @@ class Switch:
             client.abort()
         state.current.close()
         state.clock.stop()
-        for srv in self.listeners:
-            await srv.wait_closed()
+        for listener in self.listeners:
+            await listener.wait_closed()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The one view of live state that tests, the admin CLI and the monitor read."""
-        return {
+    def snapshot(self, connections: bool = False) -> dict[str, Any]:
+        """The one view of live state that tests, the admin CLI and the monitor read.
+        ``connections``: also each client connection and the exchange it serves (its phase)."""
+        snap: dict[str, Any] = {
             "listeners": [f"{h}:{p}" for h, p in self.addresses],
             "clients": len(self.state.clients),
             "requests": self.state.requests,
             **self.state.current.snapshot(),
         }
+        if connections:
+            snap["connections"] = [c.snapshot() for c in list(self.state.clients)]
+        return snap
 
     def __repr__(self) -> str:
         return f"<Switch {self.addresses} pools={list(self.pools)} clients={len(self.state.clients)}>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from kit import Conn, exchange, get, read_head, simple_config
+from kit import Conn, exchange, get, read_head, simple_config, wait_for
 
 from l7switch.devtools.origin import pattern_bytes
 
@@ -418,3 +418,20 @@ def test_server_connection_close_not_pooled_client_kept(lt, raw_origin, switch_f
             assert r.header("connection") is None  # the server's close is hop-by-hop
     assert ro.connections == 3
     assert lt.call(sw.snapshot)["connection_pools"][f"127.0.0.1:{ro.port}"]["reused"] == 0
+
+
+def test_snapshot_shows_each_connection_and_its_exchange_phase(proxy, lt):
+    """Switch.snapshot(connections=True): the one view of live state shows a request waiting for
+    its server's answer (phase "awaiting"), and the exchange's repr says the same."""
+    sw, _ = proxy()
+    with Conn(sw.port) as c:
+        c.send(get("/delay/400"))
+        assert wait_for(lambda: any(x["exchange"] for x in lt.call(sw.snapshot, True)["connections"]))
+        (conn,) = lt.call(sw.snapshot, True)["connections"]
+        ex = conn["exchange"]
+        assert conn["state"] == "busy" and ex["phase"] == "awaiting" and ex["path"] == "/delay/400"
+        assert ex["pool"] == "p" and ex["server"] is not None and len(ex["id"]) == 16
+        (client,) = lt.call(lambda: list(sw.clients))
+        assert "awaiting" in repr(client.exchange)
+        assert c.response().status == 200
+    assert wait_for(lambda: lt.call(sw.snapshot)["clients"] == 0)
