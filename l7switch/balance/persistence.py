@@ -292,7 +292,7 @@ class CookiePersistence(Persistence):
 
     def sticky(self, headers: Headers, client_ip: str) -> Sticky:
         ident, cookies = scan_request_cookies(headers, self.name, self.mode)
-        return self.by_id.get(ident), None, cookies  # type: ignore[arg-type]  # None: no such key
+        return (self.by_id.get(ident) if ident is not None else None), None, cookies
 
     def response(self, server: Server, named: Server | None, headers: list[tuple[bytes, bytes]]) -> bytes:
         if self.mode is INSERT:

@@ -2,17 +2,19 @@
 
 The frontend creates an exchange once a request head is parsed and routed. The exchange asks
 the pool where the request goes (balance/dispatch.py: persistence, then the scheduler), takes a
-connection from that server's ``ConnectionPool`` (or opens one — the only place a Task is
-created), streams the request body up, and streams the response back: head rewritten, body
+connection from that server's ``ConnectionPool`` (or has it open one — the only Task a request
+may cost), streams the request body up, and streams the response back: head rewritten, body
 passed through (Content-Length), re-chunked (chunked, or close-delimited to a keep-alive
 client) or spliced (known length above ``splice.threshold``). An accepted Upgrade becomes a
 tunnel (net/tunnel.py) after the server's 101.
 
 Its life is one ``Phase``, set where each transition happens::
 
-    QUEUED -> CONNECTING -> AWAITING -> RELAYING <-> SPLICING -> COMPLETE -> DONE
-                   ^            |   \\-> UPGRADING -> TUNNEL ----------------> DONE
-                   '-- refused / stale pooled connection (once)
+    QUEUED -> CONNECTING -> AWAITING -> RELAYING -> COMPLETE -> DONE
+                   ^           |  |          '-> SPLICING -'
+                   |           |  '-> UPGRADING -> TUNNEL -----> DONE
+                   '-----------'  refused, or a stale pooled connection: once more
+    (any phase -> DONE when it fails or the client leaves)
 
 The request side runs alongside: ``req_done`` once its body has gone up in full (by Python or
 by splice). Outcomes the client sees when a server fails (RFC 9110 §15.6): a refused connect is
