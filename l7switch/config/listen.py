@@ -23,7 +23,6 @@ read: ``check_pool_use``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import ssl
@@ -36,7 +35,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..http.message import NEVER_TUNNELLED
 from ..net.tls import TLS_VERSIONS, cert_names
 from ..spec import DEFAULT_UPGRADES, ListenerSpec, TLSSpec
-from .yamlnodes import (Issues, address, did_you_mean, expect, is_null, mapping, nonempty_text,
+from .yamlnodes import (Issues, address, did_you_mean, expect, is_ip, is_null, mapping, nonempty_text,
                         text_list)
 
 LISTEN_KEYS = ("address", "mode", "tls", "sni", "default_pool", "upgrades")
@@ -188,7 +187,7 @@ def _sni(node: Node, path: str, issues: Issues, out: Listen, where: str,
     for name, (key, value) in entries.items():
         # SNI is compared case-insensitively (DNS names are; RFC 6066 §3), without a trailing dot.
         host = name.strip().lower().rstrip(".")
-        if not _SNI_NAME.fullmatch(host) or _is_ip(host):
+        if not _SNI_NAME.fullmatch(host) or is_ip(host):
             issues.add(key, f"{path}: {name!r} is not a host name or '*.domain' (SNI carries DNS "
                        "names only, never IP addresses)")
             continue
@@ -326,14 +325,6 @@ def _names_or_none(cert: str) -> tuple[str, ...]:
         return cert_names(cert)
     except (OSError, ValueError, ssl.SSLError):
         return ()
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _base_dir(filename: str) -> str:

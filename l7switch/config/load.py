@@ -25,7 +25,7 @@ from .listen import Listen, check_pool_use, parse_listen
 from .matches import parse_rules
 from .persist import check_cookie_names, parse_persistence, server_cookie
 from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duration, expect, integer,
-                        is_null, kind, mapping, nonempty_text, plain_value, record, size)
+                        is_ip, is_null, kind, mapping, nonempty_text, plain_value, record, size)
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice")
 POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence")
@@ -257,7 +257,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolve
                        f"pool {pool!r} (first at line {addresses[where]})")
             continue
         addresses[where] = addr_node.start_mark.line + 1
-        if not later and not _is_ip(addr[0]):
+        if not later and not is_ip(addr[0]):
             problem = resolved.problem(*addr)
             if problem is not None:
                 fix = ("add 'resolve: later'" if addr_node is not item else
@@ -272,14 +272,6 @@ def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolve
         names[name] = name_node.start_mark.line + 1
         out.append(ServerSpec(name, addr[0], addr[1], weight, cookie, later))
     return out
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _canonical(host: str, port: int) -> tuple[str, int]:

@@ -298,6 +298,15 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 literal (no brackets), as opposed to a host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def address(node: Node, path: str, issues: Issues) -> tuple[str, int] | None:
     value = nonempty_text(node, path, issues, "an address host:port")
     if value is None:

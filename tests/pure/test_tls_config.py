@@ -13,7 +13,6 @@ from l7switch.errors import ConfigError
 from l7switch.net.tls import cert_names
 
 
-@pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A CA, a default certificate for localhost/127.0.0.1 and a second for other names."""
     ca = trustme.CA()

@@ -20,7 +20,6 @@ from kit import Conn, get, wait_for
 from l7switch.devtools.origin import pattern_bytes
 
 
-@pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A CA, a default certificate for localhost/127.0.0.1 and a second for other names."""
     ca = trustme.CA()
