@@ -28,7 +28,7 @@ class ServerPool:
     """A named group of real servers plus the scheduler that picks among them."""
 
     __slots__ = ("name", "servers", "scheduler", "spec", "created", "keyfn", "persistence",
-                 "hello_persistence")
+                 "hello_persistence", "_on_start", "_on_end")
 
     def __init__(self, spec: PoolSpec, servers: Sequence[Server], scheduler: Scheduler,
                  keyfn: KeyFunction | None = None, persistence: Persistence | None = None) -> None:
@@ -46,6 +46,11 @@ class ServerPool:
         self.hello_persistence: Persistence | None = (
             persistence if persistence is not None and persistence.tls_hello else None)
         self.created = time.monotonic()
+        # The take/drop hooks run for every request; most schedulers leave them as the base's
+        # no-ops, and then they are not called at all (HAProxy's lbprm callbacks "may be NULL").
+        cls = type(scheduler)
+        self._on_start = scheduler.on_start if cls.on_start is not Scheduler.on_start else None
+        self._on_end = scheduler.on_end if cls.on_end is not Scheduler.on_end else None
 
     def key_of(self, view: RequestView, client: str) -> str | None:
         """The key this pool's scheduler picks on, for a request from ``client``."""
@@ -66,11 +71,13 @@ class ServerPool:
     def begin(self, server: Server) -> None:
         server.inflight += 1
         server.total += 1
-        self.scheduler.on_start(server)
+        if self._on_start is not None:
+            self._on_start(server)
 
     def end(self, server: Server) -> None:
         server.inflight -= 1
-        self.scheduler.on_end(server)
+        if self._on_end is not None:
+            self._on_end(server)
 
     def mark_down(self, server: Server) -> None:
         if server.up:

@@ -42,7 +42,6 @@ NEVER_TUNNELLED = frozenset({b"h2c"})
 # (RFC 9112 §3.2 — no userinfo, no path, no comma lists).
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?$")
-_CL = re.compile(rb"^[0-9]+$")
 
 
 def _phrase(status: int) -> bytes:
@@ -110,7 +109,8 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
 def parse_content_length(value: bytes) -> int:
     """RFC 9110 §8.6: 1*DIGIT; leading zeros are legal and are normalised away when we forward."""
     value = value.strip()
-    if not _CL.match(value) or len(value) > 18:  # 18 digits stays far below 2**63
+    # bytes.isdigit is ASCII-only, so it is 1*DIGIT exactly (and no regex call per message).
+    if not value.isdigit() or len(value) > 18:  # 18 digits stays far below 2**63
         raise BadRequest("invalid Content-Length")
     return int(value)
 
@@ -267,13 +267,16 @@ def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
         raise BadRequest("invalid Host")
     head.host = host
     raw_path, _, query = target.partition(b"?")
+    head.query = query.decode("latin-1")
     if target == b"*":
         head.path = "*"
+        head.target = target
     else:
-        head.path = normalize_path(raw_path.decode("latin-1"))
-    head.query = query.decode("latin-1")
-    head.target = target if head.path == raw_path.decode("latin-1") or target == b"*" else (
-        head.path.encode("latin-1") + (b"?" + query if b"?" in target else b""))
+        raw = raw_path.decode("latin-1")  # once: the normalised path is compared with it
+        head.path = path = normalize_path(raw)
+        # Forward exactly what was routed on: the normalised path, the query as it came.
+        head.target = target if path == raw else (
+            path.encode("latin-1") + (b"?" + query if b"?" in target else b""))
     if upgrade and method != b"CONNECT" and version == "1.1":
         # RFC 9110 §7.8: only the first protocol offered is ours to take; a list such as
         # "websocket, foo" is a websocket upgrade. Upgrade in HTTP/1.0 is ignored.

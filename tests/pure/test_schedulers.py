@@ -89,3 +89,35 @@ def test_scheduler_option_errors_fail_the_load(tmp_path):
     with pytest.raises(ConfigError) as e:
         parse_config(pool_config([1, 2], "maglev", "{table_size: 100}"), "f.yaml")
     assert "table_size" in str(e.value)
+
+
+def test_pool_calls_take_and_drop_hooks_only_where_a_scheduler_has_them() -> None:
+    """ServerPool.begin/end skip the base class's no-op hooks (they run for every request) but
+    call a scheduler's own (HAProxy's lbprm.server_take_conn/server_drop_conn)."""
+    from l7switch.balance.pool import ServerPool
+    from l7switch.spec import PoolSpec, ServerSpec
+
+    calls: list[str] = []
+
+    class Counting(Scheduler):
+        name = "counting-test"
+
+        def pick(self, key: str | None) -> Server | None:
+            return self.servers[0]
+
+        def on_start(self, server: Server) -> None:
+            calls.append(f"start {server.name}")
+
+        def on_end(self, server: Server) -> None:
+            calls.append(f"end {server.name}")
+
+    spec = PoolSpec("p", "rr", (ServerSpec("a", "127.0.0.1", 1),), {})
+    servers = [Server("a", "127.0.0.1", 1)]
+    plain = ServerPool(spec, servers, create("rr", servers))
+    assert plain._on_start is None and plain._on_end is None
+    plain.begin(servers[0])
+    plain.end(servers[0])
+    counting = ServerPool(spec, servers, Counting(servers))
+    counting.begin(servers[0])
+    counting.end(servers[0])
+    assert calls == ["start a", "end a"] and servers[0].inflight == 0 and servers[0].total == 2
