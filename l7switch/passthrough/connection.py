@@ -238,9 +238,12 @@ class PassthroughConnection(asyncio.Protocol):
 
     def from_server(self, data: bytes) -> None:
         tunnel = self.tunnel
-        if tunnel is None:
-            return
-        tunnel.to_client(data)
+        if tunnel is not None:
+            tunnel.to_client(data)
+        elif self.transport is not None and not self.transport.is_closing():
+            # The server spoke before our connect() returned (nothing in TLS does, but a byte
+            # stream owes nothing to TLS): pass it on all the same.
+            self.transport.write(data)
         reader = self.server_reader
         if reader is None:
             return
