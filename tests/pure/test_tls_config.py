@@ -6,22 +6,10 @@ Certificates come from trustme (a throw-away CA per module), written to a tempor
 from __future__ import annotations
 
 import pytest
-import trustme
 
 from l7switch.config import load_config, parse_config
 from l7switch.errors import ConfigError
 from l7switch.net.tls import cert_names
-
-
-def pki(tmp_path_factory):
-    """A CA, a default certificate for localhost/127.0.0.1 and a second for other names."""
-    ca = trustme.CA()
-    d = tmp_path_factory.mktemp("pki")
-    for stem, names in (("site", ("localhost", "127.0.0.1")), ("other", ("other.test", "*.wild.test"))):
-        cert = ca.issue_cert(*names)
-        cert.cert_chain_pems[0].write_to_path(str(d / f"{stem}.pem"))
-        cert.private_key_pem.write_to_path(str(d / f"{stem}.key"))
-    return ca, d
 
 
 # ---- the listener checks -----------------------------------------------------------------------

@@ -14,21 +14,9 @@ import time
 import warnings
 
 import pytest
-import trustme
 from kit import Conn, get, wait_for
 
 from l7switch.devtools.origin import pattern_bytes
-
-
-def pki(tmp_path_factory):
-    """A CA, a default certificate for localhost/127.0.0.1 and a second for other names."""
-    ca = trustme.CA()
-    d = tmp_path_factory.mktemp("pki")
-    for stem, names in (("site", ("localhost", "127.0.0.1")), ("other", ("other.test", "*.wild.test"))):
-        cert = ca.issue_cert(*names)
-        cert.cert_chain_pems[0].write_to_path(str(d / f"{stem}.pem"))
-        cert.private_key_pem.write_to_path(str(d / f"{stem}.key"))
-    return ca, d
 
 
 def client_ctx(pki, **kw) -> ssl.SSLContext:
