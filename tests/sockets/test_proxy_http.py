@@ -426,7 +426,10 @@ def test_snapshot_shows_each_connection_and_its_exchange_phase(proxy, lt):
     sw, _ = proxy()
     with Conn(sw.port) as c:
         c.send(get("/delay/400"))
-        assert wait_for(lambda: any(x["exchange"] for x in lt.call(sw.snapshot, True)["connections"]))
+        def awaiting() -> bool:  # first "connecting" (a new server connection), then "awaiting"
+            return any(x["exchange"] and x["exchange"]["phase"] == "awaiting"
+                       for x in lt.call(sw.snapshot, True)["connections"])
+        assert wait_for(awaiting)
         (conn,) = lt.call(sw.snapshot, True)["connections"]
         ex = conn["exchange"]
         assert conn["state"] == "busy" and ex["phase"] == "awaiting" and ex["path"] == "/delay/400"
