@@ -26,6 +26,10 @@ from .servers import Server
 MAX_ATTEMPTS = 2
 
 
+def unavailable(pool: ServerPool) -> str:
+    return f"no server available in pool '{pool.name}'"
+
+
 def choose(pool: ServerPool, key: str | None, persist: Persistence | None, named: Server | None,
            table_key: str | None) -> Server | str:
     """The server for a new request (its persistence already consulted: ``named`` and
@@ -40,7 +44,7 @@ def choose(pool: ServerPool, key: str | None, persist: Persistence | None, named
     else:
         server = pool.pick(key)
     if server is None:
-        return f"no server available in pool '{pool.name}'"
+        return unavailable(pool)
     if persist is not None:
         persist.after_pick(server, table_key)
     return server

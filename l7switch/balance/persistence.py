@@ -215,7 +215,8 @@ def source_key(ip: str, netmask: int = 32, netmask6: int = 128) -> str | None:
 # ---- per-pool objects ---------------------------------------------------------------------------
 
 class Persistence:
-    """What a pool's persistence decides; one object per pool, built by ``ServerPool``."""
+    """What a pool's persistence decides; one object per pool, built by ``build_persistence``
+    (called from balance/build.py)."""
 
     __slots__ = ("spec", "pool_name", "redispatch", "by_name")
     method = ""

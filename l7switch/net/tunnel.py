@@ -123,7 +123,7 @@ class Tunnel:
         self._direction_done(direction)
         return True
 
-    def lost(self, client_side: bool, exc: Exception | None) -> None:
+    def lost(self, exc: Exception | None) -> None:
         """One side's connection is gone: the other follows (aborted after an error, else
         closed once what it has buffered is sent)."""
         if self.ended:

@@ -132,7 +132,7 @@ class PassthroughConnection(asyncio.Protocol):
         self.switch.clients.discard(self)
         tunnel = self.tunnel
         if tunnel is not None:
-            tunnel.lost(True, exc)
+            tunnel.lost(exc)
         elif self.up is not None:
             self.up.close(abort=exc is not None)
         self.release()
@@ -352,7 +352,7 @@ class ServerSide(asyncio.Protocol):
         self.transport = None
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
-            tunnel.lost(False, exc)
+            tunnel.lost(exc)
         elif not self.client.closed:
             if exc is not None:
                 self.client.abort()

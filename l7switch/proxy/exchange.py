@@ -32,7 +32,7 @@ import time
 from enum import IntEnum
 from typing import Any
 
-from ..balance.dispatch import choose, choose_again
+from ..balance.dispatch import choose, choose_again, unavailable
 from ..balance.pool import ServerPool
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
@@ -122,7 +122,7 @@ class Exchange:
         if persist is None:
             server = self.pool.pick(self.key)  # (dispatch.choose without persistence, inlined)
             if server is None:
-                self.fail(ServiceUnavailable(f"no server available in pool '{self.pool.name}'"))
+                self.fail(ServiceUnavailable(unavailable(self.pool)))
                 return
             self._use(server)
             return

@@ -223,7 +223,7 @@ class ClientConnection(asyncio.Protocol):
         self.switch.clients.discard(self)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
-            tunnel.lost(True, exc)
+            tunnel.lost(exc)
         for ex in (self.exchange, *self.queue):
             if ex is not None:
                 ex.client_lost()

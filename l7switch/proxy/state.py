@@ -48,6 +48,7 @@ class Generation:
     def __init__(self, config: Config, tables: Tables, clock: Clock,
                  spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self.config = config
+        # One attribute hop less on the paths every request takes (the same frozen objects).
         self.timeouts = config.timeouts
         self.limits = config.limits
         self.splice = config.splice

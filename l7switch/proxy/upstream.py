@@ -121,7 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
         tunnel, self.tunnel = self.tunnel, None
         owner, self.owner = self.owner, None
         if tunnel is not None:
-            tunnel.lost(False, exc)
+            tunnel.lost(exc)
         elif owner is not None:
             owner.upstream_lost(exc)
 
