@@ -108,10 +108,6 @@ class RuleSpec:
     line: int  # 1-based line of the rule in its file (0 if built in code)
     match: MatchSpec = ALWAYS
 
-    @property
-    def label(self) -> str:
-        return self.name if self.name is not None else f"#{self.index + 1}"
-
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
