@@ -43,6 +43,54 @@ class ListenerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpCheckSpec:
+    """``health.http``: what an HTTP check sends and what counts as a pass (HAProxy ``option
+    httpchk`` + ``http-check expect``)."""
+    path: str = "/"
+    method: str = "GET"
+    host: str | None = None  # Host header; None: the server's address
+    expect: tuple[tuple[int, int], ...] = ((200, 399),)  # status ranges, inclusive (HAProxy: 2xx/3xx pass)
+    body: str | None = None  # a substring the start of the body must contain
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    """Active checks (``health:``); the defaults are HAProxy's ``check``: inter 2s, rise 2, fall 3."""
+    http: HttpCheckSpec | None = None  # None: a TCP connect check
+    interval: float = 2.0
+    timeout: float = 1.0  # must be below interval (a check never overlaps the next one)
+    rise: int = 2  # consecutive passes for a down server to go up
+    fall: int = 3  # consecutive failures for an up server to go down
+    port: int | None = None  # check another port of the server's host
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """``agent:``: a line-based feedback agent on the server's host (HAProxy agent-check, LVS
+    feedbackd)."""
+    port: int
+    interval: float = 5.0
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveSpec:
+    """Passive checks from real traffic (HAProxy ``observe`` + ``error-limit`` + ``on-error
+    mark-down``; Envoy outlier detection's base ejection time and its cap)."""
+    observe: str = "layer4"  # off | layer4 (connect, reset, timeout) | layer7 (+ 5xx answers)
+    error_limit: int = 5  # consecutive failures that mark a server down (Envoy consecutive_5xx: 5)
+    ejection: float = 30.0  # without active checks: back after this, doubled on each repeat (Envoy 30s)
+    max_ejection: float = 300.0  # Envoy max_ejection_time 300s
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """Requests waiting for a server below its ``maxconn`` (HAProxy ``timeout queue``, ``maxqueue``)."""
+    timeout: float | None = None  # None: timeouts.queue
+    max: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSpec:
     name: str
     host: str  # IPv6 without brackets; a host name is resolved by the checker unless resolve_later
@@ -50,6 +98,12 @@ class ServerSpec:
     weight: int = 1  # ipvsadm's default weight; 0 = quiesced (drain, no new requests)
     cookie: str | None = None  # explicit persistence cookie value (HAProxy "server ... cookie X")
     resolve_later: bool = False  # `resolve: later`: the name may not resolve at check time
+    # The pool's settings with this server's overrides applied, resolved by the checker:
+    health: HealthSpec | None = None  # active checks; None: none
+    agent: AgentSpec | None = None
+    maxconn: int = 0  # requests in flight at most; 0: no limit
+    init_down: bool = False  # `init_state: down`: starts down until `rise` checks pass
+    backup: bool = False  # in the pool's `backup:` list: serves only while no primary is up
 
     @property
     def address(self) -> str:
@@ -80,6 +134,12 @@ class PoolSpec:
     servers: tuple[ServerSpec, ...]
     scheduler_options: Mapping[str, Any]  # types.MappingProxyType
     persistence: PersistenceSpec | None = None
+    backup: tuple[ServerSpec, ...] = ()  # LVS's sorry server, HAProxy's `backup`
+    passive: PassiveSpec = field(default_factory=PassiveSpec)
+    slow_start: float = 0.0  # seconds to ramp a returning server's weight; 0: off (HAProxy slowstart)
+    retries: int = 2  # re-sends to another server after a failure, when safe
+    retry_budget: float = 0.2  # retries in flight at most this share of requests (Envoy budget_percent 20%)
+    queue: QueueSpec = field(default_factory=QueueSpec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +177,8 @@ class Timeouts:
     server: float = 60.0  # silence from a server that owes us bytes; nginx proxy_read_timeout 60s
     client: float = 60.0  # silence from a client sending a body or not reading; nginx client_body_timeout 60s
     header: float = 10.0  # HAProxy "timeout http-request", commonly set to 10s against slowloris
+    queue: float = 5.0  # a request waiting for a server slot; HAProxy "timeout queue" defaults to connect
+    tunnel: float = 3600.0  # idle Upgrade and passthrough tunnels; HAProxy's documented "timeout tunnel 1h"
 
 
 @dataclass(frozen=True, slots=True)
