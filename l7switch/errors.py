@@ -23,9 +23,11 @@ class L7Error(Exception):
     close = True
     public = False
 
-    def __init__(self, detail: str = "") -> None:
+    def __init__(self, detail: str = "", retry_after: int | None = None) -> None:
         super().__init__(detail or self.reason)
         self.detail = detail or self.reason
+        #: Seconds for a Retry-After field (RFC 9110 §10.2.3), e.g. on a 503 from a full queue.
+        self.retry_after = retry_after
 
 
 # ---- client side (the request was bad) -------------------------------------------------------

@@ -14,26 +14,33 @@ from ..http.keys import describe, key_function
 from ..http.rules import RequestView
 from ..spec import PoolSpec
 from .persistence import build_persistence
-from .pool import ServerPool
+from .pool import DEFAULT_QUEUE_TIMEOUT, ServerPool
 from .schedulers import create
 from .servers import Server
 from .store import Tables
 
 
 def build_pool(spec: PoolSpec, tables: Tables | None = None,
-               clock: Callable[[], float] = time.monotonic) -> ServerPool:
+               clock: Callable[[], float] = time.monotonic,
+               queue_timeout: float = DEFAULT_QUEUE_TIMEOUT) -> ServerPool:
     """A live pool for ``spec``. ``tables`` holds persistence tables (the switch's, kept across
     reloads); a pool built without them (``explain``, tests) gets empty ones of its own."""
-    servers = [Server(s.name, s.host, s.port, s.weight, spec.name, i) for i, s in enumerate(spec.servers)]
+    servers = [Server(s.name, s.host, s.port, s.weight, spec.name, i, s.maxconn)
+               for i, s in enumerate(spec.servers)]
+    n = len(servers)
+    backups = [Server(s.name, s.host, s.port, s.weight, spec.name, n + i, s.maxconn, backup=True)
+               for i, s in enumerate(spec.backup)]
     scheduler = create(spec.scheduler, servers, spec.scheduler_options, clock)
     opts = scheduler.opts
     keyfn = key_function(opts["hash_key"], opts["trust_forwarded"]) if "hash_key" in opts else None
-    persistence = build_persistence(spec, servers, tables if tables is not None else Tables())
-    return ServerPool(spec, servers, scheduler, keyfn, persistence)
+    # Backups take sessions too (a cookie naming a backup keeps it while no primary is up).
+    persistence = build_persistence(spec, [*servers, *backups], tables if tables is not None else Tables())
+    return ServerPool(spec, servers, scheduler, keyfn, persistence, backups, queue_timeout, clock)
 
 
-def build_pools(specs: Mapping[str, PoolSpec], tables: Tables) -> dict[str, ServerPool]:
-    return {name: build_pool(spec, tables) for name, spec in specs.items()}
+def build_pools(specs: Mapping[str, PoolSpec], tables: Tables,
+                queue_timeout: float = DEFAULT_QUEUE_TIMEOUT) -> dict[str, ServerPool]:
+    return {name: build_pool(spec, tables, queue_timeout=queue_timeout) for name, spec in specs.items()}
 
 
 def explain_choice(spec: PoolSpec, view: RequestView, client: str) -> list[str]:

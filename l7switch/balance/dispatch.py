@@ -1,16 +1,21 @@
-"""Where a request goes, and where it may go after a refusal: written once for HTTP requests
+"""Where a request goes, and where it may go after a failure: written once for HTTP requests
 (proxy/exchange.py) and tls-passthrough connections (passthrough/connection.py).
 
-Pure: a pool, the request's key and what its persistence found go in; a server or the reason
-there is none comes out. The caller connects, and comes back here only if that connection was
-refused (nothing reached the server, so it is safe to try another: HAProxy's ``option
-redispatch``; RFC 9110 §9.2.2's caution about retrying concerns requests that were sent).
+Pure: a pool, the request's key and what its persistence found go in; a server, a ``Wait``
+(queue it) or the reason there is none comes out. The caller connects, and comes back here only
+after a failure that is safe to retry (the caller decides that: nothing reached the server, or an
+idempotent request whose whole body is still held; RFC 9110 §9.2.2).
 
 - The session's server (``named``) serves while it is up, quiesced (weight 0) too: it keeps the
   sessions it holds, as IPVS and HAProxy's drain do. Down: the scheduler picks, or nothing when
   the pool's persistence says ``redispatch: false`` (``Persistence.verdict``).
-- A refused connection is tried once more, on another server chosen by load
-  (``ServerPool.pick(exclude=)``), unless the session is pinned to the refusing server.
+- A server at its ``maxconn`` takes no more: a request *bound* to it (its session's server, or a
+  hashing scheduler's choice, whose point is locality) waits in that server's queue; any other
+  goes to the least loaded server with room, or waits in the pool's queue (HAProxy's
+  ``assign_server_and_queue``). A full queue lets a bound request go elsewhere when redispatch
+  allows (HAProxy: "a full maxqueue breaks persistence"), else 503.
+- A failed request is tried again, on another server chosen by load (``ServerPool.pick(exclude=)``),
+  up to the pool's ``retries``, unless the session is pinned to the failing server.
 - Whatever server takes the request is recorded in the persistence table (``after_pick``), so a
   session that moved stays where it moved to.
 """
@@ -21,9 +26,17 @@ from .persistence import REFUSE, STICK, Persistence
 from .pool import ServerPool
 from .servers import Server
 
-#: Connection attempts per request: the first and one redispatch (HAProxy's ``retries`` is 3, but
-#: each of its retries may go to the same server; ours always goes to another).
-MAX_ATTEMPTS = 2
+
+class Wait:
+    """The request must wait for a slot: on ``server`` (bound to it) or on any server (None)."""
+
+    __slots__ = ("server",)
+
+    def __init__(self, server: Server | None) -> None:
+        self.server = server
+
+    def __repr__(self) -> str:
+        return f"<Wait {self.server.name if self.server is not None else 'any server'}>"
 
 
 def unavailable(pool: ServerPool) -> str:
@@ -31,37 +44,50 @@ def unavailable(pool: ServerPool) -> str:
 
 
 def choose(pool: ServerPool, key: str | None, persist: Persistence | None, named: Server | None,
-           table_key: str | None) -> Server | str:
+           table_key: str | None, queue: bool = True) -> Server | Wait | str:
     """The server for a new request (its persistence already consulted: ``named`` and
-    ``table_key``), or why there is none."""
+    ``table_key``), a ``Wait`` when every candidate is full (only with ``queue``), or why there
+    is none."""
+    bound = False
     if persist is not None:
         verdict = persist.verdict(named)
         if verdict == REFUSE:
             assert named is not None
             return (f"server '{named.name}' holding this session in pool '{pool.name}' is down and "
                     "redispatch is off")
-        server = named if verdict == STICK else pool.pick(key)
+        if verdict == STICK:
+            server: Server | None = named
+            bound = True
+        else:
+            server = pool.pick(key)
     else:
         server = pool.pick(key)
     if server is None:
         return unavailable(pool)
+    if queue and server.full:
+        if bound or (key is not None and pool.keyfn is not None):
+            if not pool.queue.is_full or (persist is not None and not persist.redispatch):
+                return Wait(server)
+        other = pool.with_room()
+        if other is None:
+            return Wait(None)
+        server = other
     if persist is not None:
         persist.after_pick(server, table_key)
     return server
 
 
 def choose_again(pool: ServerPool, key: str | None, persist: Persistence | None, named: Server | None,
-                 table_key: str | None, refused: Server, attempts: int) -> Server | str:
-    """After ``refused`` refused the connection (``attempts`` made so far): another server, or
+                 table_key: str | None, failed: Server, attempts: int) -> Server | str:
+    """After the request failed on ``failed`` (``attempts`` made so far): another server, or
     why the request must fail."""
-    if persist is not None and not persist.may_leave(named, refused):
-        return (f"server '{refused.name}' holding this session refused the connection and "
-                "redispatch is off")
-    if attempts >= MAX_ATTEMPTS:
-        return f"connection refused by '{refused.name}' and {attempts} attempts made"
-    other = pool.pick(key, exclude=refused)  # never the refusing server again
-    if other is None:
-        return f"connection refused by '{refused.name}' and no other server available in '{pool.name}'"
+    if persist is not None and not persist.may_leave(named, failed):
+        return (f"server '{failed.name}' holding this session refused the connection or failed, and redispatch is off")
+    if attempts > pool.spec.retries:
+        return f"{attempts} attempts made (retries: {pool.spec.retries})"
+    other = pool.pick(key, exclude=failed)  # never the failing server again
+    if other is None or other is failed:
+        return f"no other server available in '{pool.name}'"
     if persist is not None:
         # The session moves: the table names the new server, and an HTTP response re-sets the
         # cookie because the request named another one.

@@ -425,7 +425,7 @@ def build_persistence(spec: PoolSpec, servers: Sequence[Server], tables: Tables)
     if p is None:
         return None
     if p.method == "cookie":
-        return CookiePersistence(p, spec.name, servers, spec.servers)
+        return CookiePersistence(p, spec.name, servers, (*spec.servers, *spec.backup))
     if p.method == "source":
         return SourcePersistence(p, spec.name, servers, tables)
     return SSLSessionPersistence(p, spec.name, servers, tables)

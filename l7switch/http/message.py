@@ -62,7 +62,8 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason or _phrase(status))
 
 
-def error_response(status: int, request_id: str = "", detail: str = "", close: bool = True) -> bytes:
+def error_response(status: int, request_id: str = "", detail: str = "", close: bool = True,
+                   retry_after: int | None = None) -> bytes:
     """The switch's own answer: a short text body, explicit framing, Connection: close if closing.
 
     ``detail`` is shown only for what the client can fix about its own request (a 400's reason);
@@ -79,6 +80,7 @@ def error_response(status: int, request_id: str = "", detail: str = "", close: b
         status_line(status),
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
         b"X-Request-Id: %s\r\n" % request_id.encode() if request_id else b"",
+        b"Retry-After: %d\r\n" % retry_after if retry_after is not None else b"",
         b"Connection: close\r\n" if close else b"",
         VIA_LINE + b"\r\n",
         body,

@@ -25,7 +25,7 @@ import time
 from enum import IntEnum
 from typing import Any, cast
 
-from ..balance.dispatch import choose, choose_again
+from ..balance.dispatch import Wait, choose, choose_again, unavailable
 from ..balance.persistence import Persistence
 from ..balance.pool import ServerPool
 from ..balance.servers import Server
@@ -164,7 +164,10 @@ class PassthroughConnection(asyncio.Protocol):
         # client address for source; any other key is absent and the pick goes by load.
         hash_key = pool.scheduler.opts.get("hash_key")
         self.key = hello.sni if hash_key == "host" else self.peer_ip if hash_key == "source" else None
-        choice = choose(pool, self.key, persist, self.named, self.sticky_key)
+        # Connections are not queued: maxconn applies to HTTP requests (queue=False).
+        choice = choose(pool, self.key, persist, self.named, self.sticky_key, queue=False)
+        if isinstance(choice, Wait):  # (never with queue=False)
+            choice = unavailable(pool)
         if isinstance(choice, str):
             self.refuse(choice, ALERT_INTERNAL_ERROR)
             return
@@ -213,7 +216,8 @@ class PassthroughConnection(asyncio.Protocol):
         self.release()
         timed_out = isinstance(exc, TimeoutError)
         why = f"connect to {server.address} " + ("timed out" if timed_out else f"failed: {exc}")
-        if isinstance(exc, OSError) and not timed_out:
+        self.pool.failed(server, why)
+        if isinstance(exc, OSError):  # refused or timed out: nothing reached the server
             choice = choose_again(self.pool, self.key, self.persist, self.named, self.sticky_key,
                                   server, self.attempts)
             if not isinstance(choice, str):

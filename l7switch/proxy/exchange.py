@@ -10,18 +10,28 @@ tunnel (net/tunnel.py) after the server's 101.
 
 Its life is one ``Phase``, set where each transition happens::
 
-    QUEUED -> CONNECTING -> AWAITING -> RELAYING -> COMPLETE -> DONE
-                   ^           |  |          '-> SPLICING -'
-                   |           |  '-> UPGRADING -> TUNNEL -----> DONE
-                   '-----------'  refused, or a stale pooled connection: once more
+    PENDING -> [QUEUED] -> CONNECTING -> AWAITING -> RELAYING -> COMPLETE -> DONE
+                               ^           |  |          '-> SPLICING -'
+                               |           |  '-> UPGRADING -> TUNNEL -----> DONE
+                               '-----------'  a safe retry, or a stale pooled connection
     (any phase -> DONE when it fails or the client leaves)
 
+QUEUED: every server it may go to is at its ``maxconn`` (balance/queue.py); it waits, in
+arrival order, up to the queue timeout (then 503 with Retry-After) or until its client leaves.
+
 The request side runs alongside: ``req_done`` once its body has gone up in full (by Python or
-by splice). Outcomes the client sees when a server fails (RFC 9110 §15.6): a refused connect is
-tried once more on another server, else 503; connect timeout or a server silent for
+by splice). Outcomes the client sees when a server fails (RFC 9110 §15.6), after the safe
+retries (below): a refused connect -> 503; connect timeout or a server silent for
 ``timeouts.server`` before the response head -> 504; reset or garbage before a response head
 -> 502; any failure after the head went out -> the client connection is cut, so it sees the
 truncation (never padded, never hung). Error answers carry a request id; the detail is logged.
+
+Retries (the pool's ``retries``, within its retry budget) go to another server, and only when
+safe: the connection failed (nothing reached the server), or it closed before any response byte
+and the request is idempotent (RFC 9110 §9.2.2) with its whole body still held. A pooled
+connection the server had already closed is not a retry: the request goes again, whole, to the
+same server on a fresh connection. Each failure is also counted against the server (passive
+checks: ``ServerPool.failed``).
 """
 
 from __future__ import annotations
@@ -32,8 +42,9 @@ import time
 from enum import IntEnum
 from typing import Any
 
-from ..balance.dispatch import choose, choose_again, unavailable
+from ..balance.dispatch import Wait, choose, choose_again, unavailable
 from ..balance.pool import ServerPool
+from ..balance.queue import Ticket
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
 from ..http.framing import response_framing
@@ -51,18 +62,23 @@ log = logging.getLogger("l7switch")
 
 
 class Phase(IntEnum):
-    QUEUED = 0  # parsed and routed; waits behind an earlier request on its client connection
-    CONNECTING = 1  # a server is chosen; its connection is being opened (request bytes wait)
-    AWAITING = 2  # connected: the request goes up as it arrives; no final response head yet
-    UPGRADING = 3  # the server answered 101; the tunnel starts when its parser hands over
-    RELAYING = 4  # the response head is out; the body streams through Python
-    SPLICING = 5  # the response body crosses by splice(2)
-    COMPLETE = 6  # the response has been read in full; the exchange ends after this read
-    TUNNEL = 7  # after a 101: bytes both ways until either side closes
-    DONE = 8  # answered, failed or abandoned; nothing more happens
+    PENDING = 0  # parsed and routed; waits behind an earlier request on its client connection
+    QUEUED = 1  # waits in a pool's or server's queue for a server below its maxconn
+    CONNECTING = 2  # a server is chosen; its connection is being opened (request bytes wait)
+    AWAITING = 3  # connected: the request goes up as it arrives; no final response head yet
+    UPGRADING = 4  # the server answered 101; the tunnel starts when its parser hands over
+    RELAYING = 5  # the response head is out; the body streams through Python
+    SPLICING = 6  # the response body crosses by splice(2)
+    COMPLETE = 7  # the response has been read in full; the exchange ends after this read
+    TUNNEL = 8  # after a 101: bytes both ways until either side closes
+    DONE = 9  # answered, failed or abandoned; nothing more happens
 
 
-QUEUED, CONNECTING, AWAITING, UPGRADING, RELAYING, SPLICING, COMPLETE, TUNNEL, DONE = Phase
+PENDING, QUEUED, CONNECTING, AWAITING, UPGRADING, RELAYING, SPLICING, COMPLETE, TUNNEL, DONE = Phase
+
+#: Methods a request may be re-sent with after its connection closed unanswered (RFC 9110
+#: §9.2.2: idempotent; the retry list of the issue and HAProxy's "retry-on" safe set).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
 class Exchange:
@@ -70,7 +86,8 @@ class Exchange:
         "client", "gen", "state", "head", "pool", "route", "key", "seq", "phase", "server", "cpool",
         "up", "t0", "body", "resendable", "req_done", "req_splice_left", "attempts", "status",
         "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "jobs",
-        "progress", "tunnel_data", "sticky", "sticky_key", "cookies",
+        "progress", "tunnel_data", "sticky", "sticky_key", "cookies", "ticket", "retry_slot",
+        "idempotent",
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
@@ -84,7 +101,7 @@ class Exchange:
         self.key = key  # what the pool's scheduler picks on (hash_key), None if it needs nothing
         state.requests += 1
         self.seq = state.requests  # for the request id
-        self.phase = QUEUED
+        self.phase = PENDING
         self.server: Server | None = None  # counted in flight (pool.begin) while set
         self.cpool: ConnectionPool | None = None
         self.up: UpstreamConnection | None = None
@@ -94,7 +111,10 @@ class Exchange:
         self.resendable = False  # sent on a reused connection that has not answered yet
         self.req_done = not has_body  # the request has gone up in full (or is on its way)
         self.req_splice_left = 0
-        self.attempts = 0
+        self.attempts = 0  # servers tried (a resend on a stale pooled connection is not one)
+        self.idempotent = head.method in IDEMPOTENT and head.upgrade is None
+        self.ticket: Ticket | None = None  # while QUEUED
+        self.retry_slot = False  # counted in the pool's retries in flight (the retry budget)
         self.status = 0
         self.resp_chunked = False  # we frame the body to the client as chunked
         self.resp_eof = False  # the server's body ends when it closes (RFC 9112 §6.3(8))
@@ -121,21 +141,56 @@ class Exchange:
         persist = self.pool.persistence
         if persist is None:
             server = self.pool.pick(self.key)  # (dispatch.choose without persistence, inlined)
-            if server is None:
-                self.fail(ServiceUnavailable(unavailable(self.pool)))
+            if server is not None and not server.full:
+                self._use(server)
                 return
-            self._use(server)
-            return
-        self.sticky, self.sticky_key, self.cookies = persist.sticky(self.head.headers, self.client.peer_ip)
-        choice = choose(self.pool, self.key, persist, self.sticky, self.sticky_key)
+            choice = choose(self.pool, self.key, None, None, None)
+        else:
+            self.sticky, self.sticky_key, self.cookies = persist.sticky(self.head.headers,
+                                                                        self.client.peer_ip)
+            choice = choose(self.pool, self.key, persist, self.sticky, self.sticky_key)
         if isinstance(choice, str):
             self.fail(ServiceUnavailable(choice))
+        elif isinstance(choice, Wait):
+            self._wait(choice.server)
+        else:
+            self._use(choice)
+
+    # ---- waiting for a slot (balance/queue.py) ----------------------------------------------------
+    def _wait(self, server: Server | None) -> None:
+        queue = self.pool.queue
+        ticket = queue.push(self, server, time.monotonic())
+        if ticket is None:
+            self.fail(ServiceUnavailable(f"queue of pool '{self.pool.name}' full ({queue.max} waiting)",
+                                         retry_after=max(1, round(queue.timeout))))
             return
-        self._use(choice)
+        self.ticket = ticket
+        self.phase = QUEUED
+        self.state.clock.watch(ticket)
+
+    def dequeued(self, server: Server) -> None:
+        """A slot on ``server`` is ours (balance/queue.Waiter)."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.state.clock.unwatch(ticket)
+        persist = self.pool.persistence
+        if persist is not None:
+            persist.after_pick(server, self.sticky_key)
+        self._use(server)
+
+    def queue_expired(self) -> None:
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.state.clock.unwatch(ticket)
+        where = f"server '{ticket.server.name}'" if ticket is not None and ticket.server else "a server"
+        queue = self.pool.queue
+        self.fail(ServiceUnavailable(f"waited {queue.timeout:g}s in pool '{self.pool.name}' queue for {where}",
+                                     retry_after=max(1, round(queue.timeout))))
 
     def _use(self, server: Server) -> None:
         self.phase = CONNECTING
         self.server = server
+        self.attempts += 1
         self.pool.begin(server)
         self.cpool = cpool = self.gen.cpools[server]
         conn = cpool.acquire()
@@ -145,7 +200,6 @@ class Exchange:
             self._open(cpool)
 
     def _open(self, cpool: ConnectionPool) -> None:
-        self.attempts += 1
         cpool.open(self.gen.timeouts.connect, self._connected, self._connect_failed)
 
     def _connected(self, conn: UpstreamConnection) -> None:
@@ -156,21 +210,51 @@ class Exchange:
             self._attach(conn)
 
     def _connect_failed(self, err: L7Error, refused: bool) -> None:
-        server = self.server
-        assert server is not None
+        assert self.cpool is not None
+        server = self.cpool.server  # (self.server is None if the client left meanwhile)
         server.failures += 1
+        self.pool.failed(server, err.detail)
         if self.phase == DONE:
             return  # the client left meanwhile; client_lost already ended the request
-        self.pool.end(server)
-        self.server = None
-        if refused:
-            choice = choose_again(self.pool, self.key, self.pool.persistence, self.sticky,
-                                  self.sticky_key, server, self.attempts)
-            if not isinstance(choice, str):
-                self._use(choice)
-                return
-            err = ServiceUnavailable(f"{err.detail}; {choice}")
-        self.fail(err)
+        # Refused or timed out, the connection failed: nothing reached the server, so any
+        # request may go to another one.
+        self._retry(server, err)
+
+    def _retry(self, failed: Server, err: L7Error) -> None:
+        """Send the request to another server (the caller made sure that is safe), or fail it."""
+        pool = self.pool
+        self._end_server()
+        if not pool.retry_allowed():
+            err.detail += f"; retry budget of pool '{pool.name}' spent"
+            self.fail(err)
+            return
+        choice = choose_again(pool, self.key, pool.persistence, self.sticky, self.sticky_key,
+                              failed, self.attempts)
+        if isinstance(choice, str):
+            err.detail += f"; {choice}"
+            self.fail(err)
+            return
+        failed.retries += 1
+        choice.redispatches += 1
+        pool.retries += 1
+        pool.retrying += 1
+        self.retry_slot = True
+        body = self.body
+        if body is not None and body.held is None:
+            body.resend()
+        if choice.full:
+            self._wait(choice)  # (its own server queue: it was picked for this request)
+        else:
+            self._use(choice)
+
+    def _end_server(self) -> None:
+        """The request no longer occupies its server's slot (nor a retry's place in the budget)."""
+        server, self.server = self.server, None
+        if self.retry_slot:
+            self.retry_slot = False
+            self.pool.retrying -= 1
+        if server is not None:
+            self.pool.end(server)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
@@ -200,7 +284,7 @@ class Exchange:
             return
         if body.held_size > HIGH_WATER:
             client.flow.resume_reading(PEER_FULL)  # held while connecting; the link takes over
-        held = body.connected(self.resendable)
+        held = body.connected(self.resendable or self.idempotent)
         if held:
             conn.writelines([head, *held])
         else:
@@ -287,6 +371,11 @@ class Exchange:
         server = self.server
         if server is not None:
             server.record_latency(time.monotonic() - self.t0)
+            if server.errors or self.pool.observe_l7:
+                self.pool.answered(server, status)
+        body = self.body
+        if body is not None:
+            body.kept = None  # answered: the request will not be sent again
         self.status = status
         if status == 101:
             if self.head.upgrade is None:
@@ -435,8 +524,7 @@ class Exchange:
         if self.phase == DONE:
             return
         self.phase = DONE
-        if self.server is not None:
-            self.pool.end(self.server)
+        self._end_server()
         self.up = None  # the tunnel has closed it
         self.client.exchange_finished(self, None, "", True)
 
@@ -447,8 +535,11 @@ class Exchange:
         if self.spliced_progress():
             return True
         self._drop_up()
-        if self.server is not None:
-            self.server.failures += 1
+        server = self.server
+        if server is not None:
+            server.failures += 1
+            if self.phase < RELAYING:
+                self.pool.failed(server, "response head timeout")
         if self.phase >= RELAYING:
             self._abort_both()
         else:
@@ -515,14 +606,25 @@ class Exchange:
             assert self.cpool is not None
             self._open(self.cpool)
             return
-        if self.server is not None:
-            self.server.failures += 1
-        self.fail(BadGateway(f"{self._where()} closed the connection before responding"))
+        err = BadGateway(f"{self._where()} closed the connection before responding")
+        server = self.server
+        if server is None:
+            self.fail(err)
+            return
+        server.failures += 1
+        self.pool.failed(server, "connection closed before a response")
+        if (self.idempotent and (up is None or not up.got_bytes) and not self.req_splice_left
+                and (body is None or body.kept is not None)):
+            self._retry(server, err)  # idempotent and whole: safe to send to another server
+            return
+        self.fail(err)
 
     def upstream_failed(self, detail: str) -> None:
         self._drop_up()
         if self.server is not None:
             self.server.failures += 1
+            if self.phase < RELAYING:
+                self.pool.failed(self.server, detail)
         if self.phase >= RELAYING:
             log.warning("%s: %s: %s; response cut", self.request_id, self._where(), detail)
             self._abort_both()
@@ -545,10 +647,13 @@ class Exchange:
             job.cancel()
         self.jobs = []
         self._drop_up()
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:  # it leaves the queue at once
+            self.pool.queue.cancel(ticket)
+            self.state.clock.unwatch(ticket)
         if self.phase != DONE:
             self.phase = DONE
-            if self.server is not None:
-                self.pool.end(self.server)
+            self._end_server()
 
     def _drop_up(self) -> None:
         """Give up on the server connection (in doubt: never pooled again)."""
@@ -572,8 +677,10 @@ class Exchange:
             # job's dup()ed fds would keep both sockets open after their transports close.
             job.cancel()
         self.jobs = []
-        if self.server is not None:
-            self.pool.end(self.server)
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.pool.queue.cancel(ticket)
+            self.state.clock.unwatch(ticket)
         up, self.up = self.up, None
         if up is not None:
             if error is None and complete and self.req_done and self.cpool is not None:
@@ -581,6 +688,8 @@ class Exchange:
             else:
                 self.client.flow.unlink()
                 up.close()
+        # After the release: a request waiting for this server takes the warm connection.
+        self._end_server()
         self.client.exchange_finished(self, error, self.request_id if error is not None else "",
                                       close or self.resp_close or not self.req_done)
 

@@ -344,7 +344,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if error is not None:
             transport.write(error_response(error.status, request_id, error.detail if error.public else "",
-                                           close=close))
+                                           close, error.retry_after))
         self.exchange = None
         if ex is self.receiving:
             self.receiving = None

@@ -53,12 +53,12 @@ class Generation:
         self.limits = config.limits
         self.splice = config.splice
         self.router = Router.from_specs(config.rules, config.default_pool)
-        self.pools: dict[str, ServerPool] = build_pools(config.pools, tables)
+        self.pools: dict[str, ServerPool] = build_pools(config.pools, tables, config.timeouts.queue)
         up = config.upstream
         self.cpools: dict[Server, ConnectionPool] = {
             s: ConnectionPool(s, up.max_idle, up.idle_timeout, config.timeouts.server,
                               config.limits.max_response_header_bytes, clock, spawn)
-            for pool in self.pools.values() for s in pool.servers
+            for pool in self.pools.values() for s in pool.all_servers
         }
 
     def defer_builds(self, defer: Defer) -> None:

@@ -24,6 +24,7 @@ def test_connect_failure_after_client_left_does_not_double_count() -> None:
     ex = Exchange(client, state.current, state, head, pool, "default")  # type: ignore[arg-type]
     server = pool.servers[0]
     ex.server = server
+    ex.cpool = state.current.cpools[server]
     pool.begin(server)  # what _use() does before the connect Task starts
     assert server.inflight == 1
     ex.client_lost()  # the client disconnects while connecting

@@ -197,23 +197,27 @@ class Scheduler:
 # ---- helpers ----------------------------------------------------------------------------------
 
 def least_loaded(servers: Sequence[Server], exclude: Server | None = None,
-                 start: int = 0) -> Server | None:
+                 start: int = 0, room: bool = False) -> Server | None:
     """IPVS wlc at Layer 7: the available server with the least ``inflight / weight``.
 
     Compared by cross-multiplying (``a.inflight * b.weight < b.inflight * a.weight``) as
     ip_vs_wlc.c does, so no division. Ties go to the first server scanned, from index ``start``
     on: locality schedulers pass the key's hash there, so that under light load (every server
-    idle) new keys spread over the pool instead of all landing on the first server.
+    idle) new keys spread over the pool instead of all landing on the first server. A server in
+    slow start counts with its weight scaled by its ramp, so it is handed new work (and, in the
+    locality schedulers, new keys) in proportion. ``room``: skip servers at their maxconn.
     """
     if start:
         start %= len(servers)
         servers = [*servers[start:], *servers[:start]]
     best: Server | None = None
+    best_w = 0.0
     for s in servers:
-        if s is exclude or not s.available:
+        if s is exclude or not s.available or (room and s.full):
             continue
-        if best is None or s.inflight * best.weight < best.inflight * s.weight:
-            best = s
+        w = s.weight if s.ramp >= 1.0 else s.weight * s.ramp
+        if best is None or s.inflight * best_w < best.inflight * w:
+            best, best_w = s, w
     return best
 
 
