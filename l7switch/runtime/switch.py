@@ -36,6 +36,26 @@ DEFAULT_GRACE = 30.0
 BACKLOG = 4096
 
 
+# How often pools look at time-driven state: ejections that end, slow start's ramp, queued
+# requests a server could now take (HAProxy's slowstart recalculates its weight about as often).
+POOL_TICK = 0.5
+
+
+class PoolTick:
+    """Watched by the switch's clock: ``ServerPool.tick`` for the current pools."""
+
+    __slots__ = ("state", "deadline")
+
+    def __init__(self, state: SwitchState, now: float) -> None:
+        self.state = state
+        self.deadline = now + POOL_TICK
+
+    def on_deadline(self, now: float) -> None:
+        for pool in self.state.current.pools.values():
+            pool.tick(now)
+        self.deadline = now + POOL_TICK
+
+
 class ListenError(Exception):
     """A listener could not be opened; the message is one line an operator can act on."""
 
@@ -45,6 +65,7 @@ class Switch:
         self.config = config
         self.state = SwitchState(config, tables)
         self.state.clock.watch(TableSweep(self.state.tables, time.monotonic()))
+        self.state.clock.watch(PoolTick(self.state, time.monotonic()))
         self.listeners: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
 
