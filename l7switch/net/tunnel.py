@@ -17,14 +17,21 @@ server may still answer after the client's FIN); a side that cannot half-close (
 no half-close) ends the tunnel instead, gracefully, so what is buffered still goes out. The
 tunnel ends once both directions have ended, or at once on an error on either side (both are
 aborted). ``on_end`` is called exactly once.
+
+An idle tunnel ends after ``idle`` seconds without a byte either way (``timeouts.tunnel``,
+HAProxy's ``timeout tunnel``): the tunnel watches itself on the switch's clock and, when its
+deadline comes, looks whether bytes moved since the last look (a counter in relay mode, the jobs'
+totals when spliced) before closing, so the hot path costs one integer add per read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 
+from .clock import Clock, log
 from .flow import SPLICING, WAITING, FlowControl
 from .splice import SpliceJob
 
@@ -35,11 +42,21 @@ SPLICE_AVAILABLE = hasattr(os, "splice")  # Linux only
 
 
 class Tunnel:
-    __slots__ = ("loop", "client", "server", "jobs", "done", "ended", "splicing", "on_end")
+    __slots__ = ("loop", "client", "server", "jobs", "done", "ended", "splicing", "on_end", "clock",
+                 "idle", "deadline", "moves", "seen", "timed_out")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: FlowControl, server: FlowControl,
-                 on_end: Callable[[], None]) -> None:
+                 on_end: Callable[[], None], clock: Clock | None = None, idle: float = 0.0) -> None:
         self.loop = loop
+        self.clock = clock
+        self.idle = idle  # seconds without a byte either way before it ends; 0: never
+        self.moves = 0  # reads relayed through Python
+        self.seen = 0  # moves + spliced bytes at the last look
+        self.timed_out = False
+        self.deadline = 0.0
+        if clock is not None and idle > 0:
+            self.deadline = time.monotonic() + idle
+            clock.watch(self)
         self.client = client
         self.server = server
         self.jobs: list[SpliceJob] = []
@@ -100,11 +117,13 @@ class Tunnel:
 
     # ---- called by the protocols at either end ---------------------------------------------------
     def to_server(self, data: bytes) -> None:
+        self.moves += 1
         t = self.server.transport
         if not t.is_closing():
             t.write(data)
 
     def to_client(self, data: bytes) -> None:
+        self.moves += 1
         t = self.client.transport
         if not t.is_closing():
             t.write(data)
@@ -138,6 +157,17 @@ class Tunnel:
         if self.done == BOTH:
             self.close()
 
+    def on_deadline(self, now: float) -> None:
+        """The clock's look: bytes moved since the last one re-arm the deadline; none: it ends."""
+        seen = self.moves + sum(job.moved for job in self.jobs)
+        if seen != self.seen:
+            self.seen = seen
+            self.deadline = now + self.idle
+            return
+        self.timed_out = True
+        log.info("tunnel idle for %gs (timeouts.tunnel): closed", self.idle)
+        self.close()
+
     # ---- ending -----------------------------------------------------------------------------------
     def close(self) -> None:
         """End both sides, sending what their write buffers still hold."""
@@ -153,6 +183,9 @@ class Tunnel:
         if self.ended:
             return ()
         self.ended = True
+        self.deadline = 0.0
+        if self.clock is not None:
+            self.clock.unwatch(self)
         for job in self.jobs:
             job.cancel()
         self.jobs = []

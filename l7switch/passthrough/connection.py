@@ -151,7 +151,7 @@ class PassthroughConnection(asyncio.Protocol):
             self.refuse(f"no pool for server name {hello.sni!r}", ALERT_UNRECOGNIZED_NAME)
             return
         pool = self.pool = gen.pools[pool_name]
-        self.deadline = 0.0  # the connect timeout takes over; tunnels have no idle timeout
+        self.deadline = 0.0  # the connect timeout takes over; then timeouts.tunnel (net/tunnel.py)
         self.flow.pause_reading(WAITING)
         self.pending = [bytes(self.reader.raw)]
         self.phase = CONNECTING
@@ -196,7 +196,8 @@ class PassthroughConnection(asyncio.Protocol):
             return
         assert side.flow is not None
         self.up = side
-        tunnel = self.tunnel = Tunnel(loop, self.flow, side.flow, self.tunnel_ended)
+        tunnel = self.tunnel = Tunnel(loop, self.flow, side.flow, self.tunnel_ended, self.switch.clock,
+                                      self.switch.current.timeouts.tunnel)
         side.tunnel = tunnel
         tunnel.to_server(b"".join(self.pending))
         self.pending = []

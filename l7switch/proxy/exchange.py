@@ -509,7 +509,8 @@ class Exchange:
         up.deadline = 0.0  # tunnels live until either side closes
         up.owner = None
         loop = self.state.loop or asyncio.get_running_loop()
-        tunnel = Tunnel(loop, client.flow, up.flow, self._tunnel_ended)
+        tunnel = Tunnel(loop, client.flow, up.flow, self._tunnel_ended, self.state.clock,
+                        self.gen.timeouts.tunnel)
         up.tunnel = tunnel
         client.tunnel_started(tunnel)
         if leftover:

@@ -504,3 +504,22 @@ def test_source_persistence_applies_to_passthrough(tls_origin, pt_switch) -> Non
     assert len(served) == 1
     assert len(sw.tables.table("source:p")) == 1
     settle(sw)
+
+
+def test_idle_passthrough_tunnel_closed_after_timeouts_tunnel(tls_origin, pt_switch):
+    """timeouts.tunnel: a tls-passthrough connection that goes quiet after its handshake and one
+    request is closed by the switch (both sides), not kept forever."""
+    o = tls_origin("a")
+    sw = pt_switch(passthrough_yaml({"p": [o.port]}, default_pool="p", extra="timeouts: {tunnel: 0.4s}\n"))
+    raw = connect(sw.port)
+    raw.settimeout(5)
+    with client_context().wrap_socket(raw, server_hostname="api.example.test") as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_http(s)
+        t0 = time.monotonic()
+        try:
+            assert s.recv(100) == b""  # closed by the switch (EOF or a reset)
+        except (ssl.SSLError, ConnectionError):
+            pass
+        assert 0.3 < time.monotonic() - t0 < 4
+    wait_for(lambda: len(sw.clients) == 0, 3)
