@@ -70,5 +70,65 @@ def explain_choice(spec: PoolSpec, view: RequestView, client: str) -> list[str]:
     elif spec.persistence is not None:  # ssl_session
         lines.append(f"persistence: {spec.persistence.method} (decided on the TLS ClientHello by a "
                      "tls-passthrough listener, not per HTTP request)")
+    lines.extend(eligibility(pool))
+    return lines
+
+
+def eligibility(pool: ServerPool) -> list[str]:
+    """Which servers may take a new request now, and why the others may not (down, in
+    maintenance, draining, full, backup). Reads only the pool's values: ``explain`` shows a
+    freshly built pool; a running switch's pools give the live answer."""
+    lines = ["servers:"]
+    primary_up = any(s.available for s in pool.servers)
+    for s in pool.all_servers:
+        state = s.state
+        checks = pool.checks.get(s)
+        if state == "maint":
+            why = "in maintenance: takes nothing"
+        elif state == "down":
+            why = "down"
+            if checks is not None and checks.last is None:
+                why += f" (init_state: down: up after {checks.rise} passing checks)"
+            elif checks is not None:
+                why += f" (back after {checks.rise} passing checks)"
+        elif state == "drain":
+            why = "draining: keeps its sessions, takes no new requests"
+        elif s.backup and primary_up:
+            why = "backup: takes requests only while no primary server is available"
+        elif s.full:
+            why = f"full: {s.inflight}/{s.maxconn} in flight; new requests wait in the queue"
+        else:
+            why = "eligible"
+            if s.ramp < 1.0:
+                why += f" (slow start at {s.ramp:.0%} of its weight)"
+        extra = [f"weight {s.weight}"]
+        if s.maxconn:
+            extra.append(f"maxconn {s.maxconn}")
+        lines.append(f"  {s.name} ({s.address}, {', '.join(extra)}): {why}")
+    lines.extend(_availability(pool.spec))
+    return lines
+
+
+def _availability(spec: PoolSpec) -> list[str]:
+    """One line per availability setting that is on."""
+    lines = []
+    healths = {s.health for s in (*spec.servers, *spec.backup) if s.health is not None}
+    for h in sorted(healths, key=repr):
+        what = (f"http {h.http.method} {h.http.path}" if h.http is not None else "tcp connect")
+        port = f" on port {h.port}" if h.port else ""
+        lines.append(f"health: {what}{port} every {h.interval:g}s (timeout {h.timeout:g}s), "
+                     f"rise {h.rise}, fall {h.fall}")
+    agents = {s.agent for s in (*spec.servers, *spec.backup) if s.agent is not None}
+    for a in sorted(agents, key=repr):
+        lines.append(f"agent: port {a.port} every {a.interval:g}s")
+    p = spec.passive
+    if p.observe == "off":
+        lines.append("passive checks: off")
+    else:
+        lines.append(f"passive checks: {p.observe}, {p.error_limit} consecutive errors mark a server "
+                     f"down" + ("" if healths else f" for {p.ejection:g}s (doubling up to {p.max_ejection:g}s)"))
+    lines.append(f"retries: {spec.retries} (to another server, when safe; budget {spec.retry_budget:.0%})")
+    if spec.slow_start:
+        lines.append(f"slow start: {spec.slow_start:g}s")
     return lines
 
