@@ -141,7 +141,7 @@ class Exchange:
         persist = self.pool.persistence
         if persist is None:
             server = self.pool.pick(self.key)  # (dispatch.choose without persistence, inlined)
-            if server is not None and not server.full:
+            if server is not None and (not server.maxconn or server.inflight < server.maxconn):
                 self._use(server)
                 return
             choice = choose(self.pool, self.key, None, None, None)
@@ -678,10 +678,10 @@ class Exchange:
             # job's dup()ed fds would keep both sockets open after their transports close.
             job.cancel()
         self.jobs = []
-        ticket, self.ticket = self.ticket, None
-        if ticket is not None:
-            self.pool.queue.cancel(ticket)
-            self.state.clock.unwatch(ticket)
+        if self.ticket is not None:
+            self.pool.queue.cancel(self.ticket)
+            self.state.clock.unwatch(self.ticket)
+            self.ticket = None
         up, self.up = self.up, None
         if up is not None:
             if error is None and complete and self.req_done and self.cpool is not None:
