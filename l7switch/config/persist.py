@@ -163,7 +163,7 @@ def check_cookie_names(pools: Mapping[str, PoolSpec], entries: Mapping[str, tupl
         p = spec.persistence
         if p is None or p.method != "cookie":
             continue
-        ids = frozenset(cookie_ids(name, spec.servers))
+        ids = frozenset(cookie_ids(name, spec.servers + spec.backup))
         other = first.setdefault(p.cookie_name, (name, ids))
         if other[0] != name and other[1] != ids:
             where = next((v for k, v in entries[name][1].value if k.value == "persistence"), entries[name][0])
