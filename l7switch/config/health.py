@@ -240,7 +240,8 @@ def _zero_or_duration(node: Node, path: str, issues: Issues) -> float | None:
 
 
 HTTP_READERS: dict[str, Reader] = {"path": _check_path, "method": _method, "host": _host,
-                                   "expect": _expect, "body": lambda n, p, i: nonempty_text(n, p, i, "a text")}
+                                   "expect": _expect,
+                                   "body": lambda n, p, i: nonempty_text(n, p, i, "a text")}
 
 
 def _http(node: Node, path: str, issues: Issues) -> Layer:

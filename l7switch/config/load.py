@@ -300,8 +300,8 @@ def _servers(node: Node, path: str, seen: _Seen, issues: Issues) -> list[ServerS
             issues.add(name_node, f"{ipath}: {seen.clash('name', name, names[name])}")
             continue
         names[name] = (name_node.start_mark.line + 1, seen.backup)
-        spec = ServerSpec(name, addr[0], addr[1], weight, cookie, later, backup=seen.backup)
-        spec = seen.defaults.apply(spec, over, item, ipath, issues)
+        spec = seen.defaults.apply(ServerSpec(name, addr[0], addr[1], weight, cookie, later,
+                                              backup=seen.backup), over, item, ipath, issues)
         if spec is not None:
             out.append(spec)
     return out
