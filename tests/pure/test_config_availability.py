@@ -5,11 +5,12 @@ ServerSpec / PoolSpec values), the defaults, pool/server merging, and every erro
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from l7switch.balance.persistence import server_cookie_id
-from l7switch.config import parse_config
+from l7switch.config import load_config, parse_config
 from l7switch.errors import ConfigError
 from l7switch.spec import (AgentSpec, HealthSpec, HttpCheckSpec, PassiveSpec, PoolSpec, QueueSpec,
                            ServerSpec, Timeouts)
@@ -477,3 +478,14 @@ def test_cookie_ids_cover_the_backup_servers() -> None:
         "for server 'sorry'; choose another value"]
     p = web(pool("    backup: [{address: 127.0.0.1:9100, name: sorry}]\n    persistence: {cookie: {}}\n"))
     assert p.persistence is not None and [s.name for s in p.backup] == ["sorry"]
+
+
+def test_the_example_rule_file_shows_the_availability_keys() -> None:
+    c = load_config(Path(__file__).resolve().parents[2] / "rules" / "example.yaml")
+    html = c.pools["html"]
+    html3 = html.servers[-1]
+    assert html3.name == "html3" and html3.init_down and html3.agent is None and html3.maxconn == 50
+    assert html3.health is not None and html3.health.port == 8082 and html3.health.http is not None
+    assert (html3.health.http.path, html3.health.http.host) == ("/ping", "www.example.com")
+    assert [s.name for s in html.backup] == ["sorry"] and html.retry_budget == 0.2
+    assert (c.timeouts.queue, c.timeouts.tunnel) == (5.0, 3600.0)
