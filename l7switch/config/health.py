@@ -258,18 +258,18 @@ QUEUE_READERS: dict[str, Reader] = {"timeout": duration, "max": _at_least(1)}
 
 # ---- resolving a layer -------------------------------------------------------------------------------
 
-def _timing(layer: Layer, default_interval: float, issues: Issues) -> tuple[float, float] | None:
-    """(interval, timeout). A timeout not written is min(1s, interval/2): the spec's 1 s default,
-    kept below a short interval. A written one must be below the interval, so that a check ends
-    before the next one starts. Reported at the more specific of the two (a server's override
-    beats the pool's value), once."""
+def _timing(layer: Layer, default: HealthSpec | AgentSpec, issues: Issues) -> tuple[float, float] | None:
+    """(interval, timeout). A timeout not written is the spec's default (1 s) or half the interval
+    when that is shorter, so a short interval needs no timeout written. A written one must be
+    below the interval, so that a check ends before the next one starts; if not, that is reported
+    at the more specific of the two (a server's override beats the pool's value), once."""
     if {"interval", "timeout", "*"} & layer.bad:
         return None
     i = layer.values.get("interval")
     t = layer.values.get("timeout")
-    interval = i[0] if i else default_interval
+    interval = i[0] if i else default.interval
     if t is None:
-        return interval, min(1.0, interval / 2)
+        return interval, min(default.timeout, interval / 2)
     if t[0] < interval:
         return interval, t[0]
     own = layer.path + "."
@@ -278,7 +278,7 @@ def _timing(layer: Layer, default_interval: float, issues: Issues) -> tuple[floa
                    f"{t[1].value!r} (line {t[1].start_mark.line + 1}), so a check ends before the next")
     else:
         where = f"interval {i[1].value!r} (line {i[1].start_mark.line + 1})" if i else \
-            f"the default interval {default_interval:g}s"
+            f"the default interval {default.interval:g}s"
         _once(issues, t[1], f"{t[2]}: timeout {t[1].value!r} must be shorter than {where}, so a "
               "check ends before the next")
     return None
@@ -291,7 +291,7 @@ def _values(layer: Layer) -> dict[str, Any]:
 def health_spec(layer: Layer | None, issues: Issues) -> HealthSpec | None:
     if layer is None or layer.off:
         return None
-    timing = _timing(layer, _HEALTH.interval, issues)
+    timing = _timing(layer, _HEALTH, issues)
     if timing is None or layer.bad:
         return None
     values = _values(layer)
@@ -306,7 +306,7 @@ def health_spec(layer: Layer | None, issues: Issues) -> HealthSpec | None:
 def agent_spec(layer: Layer | None, issues: Issues) -> AgentSpec | None:
     if layer is None or layer.off:
         return None
-    timing = _timing(layer, _AGENT.interval, issues)
+    timing = _timing(layer, _AGENT, issues)
     if "port" not in layer.values and not layer.bad:
         # Reported at the agent mapping that lacks it: the pool's once, or a server's own.
         _once(issues, layer.node, f"{layer.path}: missing required key 'port' (the agent's port on "
@@ -339,7 +339,7 @@ class Defaults:
         # written is reported where it is written.
         health_spec(self.own.health, issues)
         if self.own.agent is not None and not self.own.agent.off:
-            _timing(self.own.agent, _AGENT.interval, issues)
+            _timing(self.own.agent, _AGENT, issues)
 
     def apply(self, spec: ServerSpec, over: Overrides, item: Node, path: str,
               issues: Issues) -> ServerSpec | None:
