@@ -21,6 +21,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..balance.schedulers import SCHEDULERS
 from ..errors import ConfigError, ConfigIssue
 from ..spec import Config, Limits, PoolSpec, ServerSpec, SpliceSpec, Timeouts, UpstreamSpec
+from . import health
 from .listen import Listen, check_pool_use, parse_listen
 from .matches import parse_rules
 from .persist import check_cookie_names, parse_persistence, server_cookie
@@ -28,8 +29,8 @@ from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duratio
                         is_ip, is_null, kind, mapping, nonempty_text, plain_value, record, size)
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice")
-POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence")
-SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve")
+POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence", *health.POOL_KEYS)
+SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve", *health.SERVER_KEYS)
 # When a server's host name must resolve: at check time (as HAProxy and nginx refuse to start on
 # "host not found in upstream"), or only where and when the switch connects.
 RESOLVE_MODES = ("now", "later")
@@ -183,9 +184,16 @@ def _pool(name: str, key: Node, node: Node, issues: Issues, resolved: Resolved) 
                 options[oname] = cls.parse_option(oname, value)
             except ValueError as e:
                 issues.add(ovalue, f"{opath}.{oname}: {e}")
+    defaults = health.Defaults(m, path, issues)
+    seen = _Seen(name, defaults, resolved)
     servers: list[ServerSpec] = []
     if "servers" in m:
-        servers = _servers(m["servers"][1], f"{path}.servers", name, issues, resolved)
+        servers = _servers(m["servers"][1], f"{path}.servers", seen, issues)
+    backup: list[ServerSpec] = []
+    if "backup" in m and not is_null(m["backup"][1]):  # absent, empty or [] alike: no backup
+        seen.backup = True
+        backup = _servers(m["backup"][1], f"{path}.backup", seen, issues)
+    settings = health.pool_settings(m, path, issues)
     if cls is not None and len(issues) == n_before:
         # Checks across options and the pool size (t_low < t_high, a Maglev table size > 100·N).
         full = {oname: opt.default for oname, opt in cls.options.items()} | options
@@ -194,22 +202,43 @@ def _pool(name: str, key: Node, node: Node, issues: Issues, resolved: Resolved) 
             issues.add(where, f"{path}.scheduler_options: {problem}")
     persistence = None
     if "persistence" in m:  # after the servers: cookie ids are checked against them
-        persistence = parse_persistence(m["persistence"][1], f"{path}.persistence", name, servers, issues)
+        persistence = parse_persistence(m["persistence"][1], f"{path}.persistence", name,
+                                        servers + backup, issues)
     if len(issues) != n_before:
         return None
-    return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options), persistence)
+    return PoolSpec(name, scheduler, tuple(servers), types.MappingProxyType(options), persistence,
+                    backup=tuple(backup), **settings)
 
 
-def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolved) -> list[ServerSpec]:
-    if is_null(node) or (isinstance(node, SequenceNode) and not node.value):
+class _Seen:
+    """What a pool's server lists share: names, addresses and cookie values are unique across the
+    primaries and the backups together, and each entry's own keys merge over ``defaults``."""
+
+    def __init__(self, pool: str, defaults: health.Defaults, resolved: Resolved) -> None:
+        self.pool, self.defaults, self.resolved = pool, defaults, resolved
+        self.backup = False  # reading the backup: list
+        self.names: dict[str, tuple[int, bool]] = {}  # name -> (line, is a backup)
+        self.addresses: dict[tuple[str, int], tuple[int, bool]] = {}  # (canonical host, port) -> same
+        self.cookies: dict[str, int] = {}  # explicit persistence cookie values -> line
+
+    def clash(self, kind: str, value: str, first: tuple[int, bool]) -> str:
+        """Why a server's address or name, met before at ``first``, is refused here. A backup that
+        is also a primary would serve twice, once as either; the plain duplicate is the mistake
+        HAProxy refuses as one server name twice in a backend."""
+        if self.backup and not first[1]:
+            shown = value if kind == "address" else f"name {value!r}"
+            return f"backup server {shown} is also a primary server of pool {self.pool!r} (line {first[0]})"
+        return f"duplicate server {kind} {value!r} in pool {self.pool!r} (first at line {first[0]})"
+
+
+def _servers(node: Node, path: str, seen: _Seen, issues: Issues) -> list[ServerSpec]:
+    pool, resolved, addresses, names = seen.pool, seen.resolved, seen.addresses, seen.names
+    if not seen.backup and (is_null(node) or (isinstance(node, SequenceNode) and not node.value)):
         issues.add(node, f"{path}: pool {pool!r} has no servers; expected at least one host:port")
         return []
     if not expect(node, SequenceNode, path, issues):
         return []
     out: list[ServerSpec] = []
-    names: dict[str, int] = {}
-    addresses: dict[tuple[str, int], int] = {}  # (canonical host, port) -> line
-    cookies: dict[str, int] = {}  # explicit persistence cookie values -> line
     for i, item in enumerate(node.value):
         ipath = f"{path}[{i}]"
         weight: int | None = 1
@@ -217,6 +246,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolve
         name_node: Node = item
         cookie: str | None = None
         later = False
+        over = health.Overrides()
         addr_node: Node
         if isinstance(item, ScalarNode):  # short form: "host:port"
             addr_node, apath = item, ipath
@@ -225,6 +255,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolve
             if m is None or "address" not in m:
                 continue
             addr_node, apath = m["address"][1], f"{ipath}.address"
+            over = health.read_overrides(m, ipath, issues)
             if "weight" in m:
                 weight = integer(m["weight"][1], f"{ipath}.weight", issues, minimum=0)
             if "name" in m:
@@ -233,7 +264,7 @@ def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolve
                 if name is None:
                     continue
             if "cookie" in m:
-                cookie = server_cookie(m["cookie"][1], f"{ipath}.cookie", issues, cookies)
+                cookie = server_cookie(m["cookie"][1], f"{ipath}.cookie", issues, seen.cookies)
                 if cookie is None:
                     continue
             if "resolve" in m:
@@ -253,10 +284,10 @@ def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolve
         # names: the mistake HAProxy refuses as one server name twice in a backend.
         where = _canonical(*addr)
         if where in addresses:
-            issues.add(addr_node, f"{ipath}: duplicate server address {addr_node.value.strip()!r} in "
-                       f"pool {pool!r} (first at line {addresses[where]})")
+            issues.add(addr_node, f"{ipath}: "
+                       f"{seen.clash('address', addr_node.value.strip(), addresses[where])}")
             continue
-        addresses[where] = addr_node.start_mark.line + 1
+        addresses[where] = (addr_node.start_mark.line + 1, seen.backup)
         if not later and not is_ip(addr[0]):
             problem = resolved.problem(*addr)
             if problem is not None:
@@ -266,11 +297,13 @@ def _servers(node: Node, path: str, pool: str, issues: Issues, resolved: Resolve
                            f"the name, or {fix} if it resolves only where the switch runs")
         name = name if name is not None else addr_node.value.strip()
         if name in names:
-            issues.add(name_node, f"{ipath}: duplicate server name {name!r} in pool {pool!r} "
-                       f"(first at line {names[name]})")
+            issues.add(name_node, f"{ipath}: {seen.clash('name', name, names[name])}")
             continue
-        names[name] = name_node.start_mark.line + 1
-        out.append(ServerSpec(name, addr[0], addr[1], weight, cookie, later))
+        names[name] = (name_node.start_mark.line + 1, seen.backup)
+        spec = seen.defaults.apply(ServerSpec(name, addr[0], addr[1], weight, cookie, later,
+                                              backup=seen.backup), over, item, ipath, issues)
+        if spec is not None:
+            out.append(spec)
     return out
 
 

@@ -142,14 +142,16 @@ def _unique_ids(spec: PersistenceSpec, where: Node, path: str, pool: str,
                 servers: Sequence[ServerSpec], issues: Issues) -> bool:
     """An explicit value equal to another server's derived id would make two servers one.
     (Duplicate explicit values are reported at the server, by server_cookie.)"""
-    seen: dict[str, str] = {}
+    seen: dict[str, ServerSpec] = {}
     ok = True
     for s, ident in zip(servers, cookie_ids(pool, servers)):
-        if ident in seen and s.cookie is not None:
-            issues.add(where, f"{path}: server {s.name!r} has cookie {ident!r}, the id derived for "
-                       f"server {seen[ident]!r}; choose another value")
+        other = seen.setdefault(ident, s)
+        # Either order: the explicit value may come before the server whose derived id it takes.
+        if other is not s and (s.cookie is None) != (other.cookie is None):
+            explicit, derived = (s, other) if s.cookie is not None else (other, s)
+            issues.add(where, f"{path}: server {explicit.name!r} has cookie {ident!r}, the id derived "
+                       f"for server {derived.name!r}; choose another value")
             ok = False
-        seen.setdefault(ident, s.name)
     return ok
 
 
@@ -163,7 +165,7 @@ def check_cookie_names(pools: Mapping[str, PoolSpec], entries: Mapping[str, tupl
         p = spec.persistence
         if p is None or p.method != "cookie":
             continue
-        ids = frozenset(cookie_ids(name, spec.servers))
+        ids = frozenset(cookie_ids(name, spec.servers + spec.backup))
         other = first.setdefault(p.cookie_name, (name, ids))
         if other[0] != name and other[1] != ids:
             where = next((v for k, v in entries[name][1].value if k.value == "persistence"), entries[name][0])

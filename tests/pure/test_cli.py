@@ -62,13 +62,13 @@ def test_explain_match() -> None:
     r = l7("explain", "rules/example.yaml", "http://www.example.com/images/logo.png")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert "rule #1 'api' (line 45): no match" in out
+    assert "rule #1 'api' (line 77): no match" in out
     assert "host 'api.example.com' does not match 'www.example.com'" in out
-    assert "rule #2 'beta-testers' (line 51): no match" in out
+    assert "rule #2 'beta-testers' (line 83): no match" in out
     assert "header 'X-Beta' ~ 'yes': header is absent" in out
-    assert "rule #3 'images' (line 59): MATCH" in out
+    assert "rule #3 'images' (line 91): MATCH" in out
     assert "path_prefix '/images/' matches '/images/logo.png'" in out
-    assert "decision: rule #3 'images' (line 59) -> pool 'images'" in out
+    assert "decision: rule #3 'images' (line 91) -> pool 'images'" in out
     assert "pool 'images': scheduler chash, 2 server(s)" in out
     assert "127.0.0.1:9003 weight 1" in out
     assert "key: the path without the query -> '/images/logo.png' (hash_key: path)" in out
@@ -100,10 +100,10 @@ def test_explain_method_and_headers() -> None:
     r = l7("explain", "rules/example.yaml", "/anything", "-X", "POST", "-H", "Host: api.example.com",
            "-H", "x-beta: yes")
     assert r.returncode == 0, r.stderr
-    assert "decision: rule #1 'api' (line 45) -> pool 'api'" in r.stdout
+    assert "decision: rule #1 'api' (line 77) -> pool 'api'" in r.stdout
     assert "127.0.0.1:9005 (api1) weight 1" in r.stdout
     r = l7("explain", "rules/example.yaml", "/anything", "-H", "X-Beta: yes")
-    assert "decision: rule #2 'beta-testers' (line 51) -> pool 'beta'" in r.stdout
+    assert "decision: rule #2 'beta-testers' (line 83) -> pool 'beta'" in r.stdout
 
 
 def test_explain_default_pool() -> None:

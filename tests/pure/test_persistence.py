@@ -473,6 +473,12 @@ def test_explicit_value_equal_to_a_derived_id_is_refused() -> None:
     found = issues(pool_yaml("{cookie: {}}", servers=servers))
     assert len(found) == 1
     assert f"server 'b' has cookie '{derived}', the id derived for server 'a2'" in found[0]
+    # The explicit value first: refused all the same (old code saw the clash only in this order).
+    servers = (f"[{{address: 127.0.0.1:9002, name: b, cookie: '{derived}'}}, "
+               f"{{address: 127.0.0.1:9001, name: a2}}]")
+    found = issues(pool_yaml("{cookie: {}}", servers=servers))
+    assert len(found) == 1
+    assert f"server 'b' has cookie '{derived}', the id derived for server 'a2'" in found[0]
 
 
 def test_two_pools_sharing_a_cookie_name() -> None:
