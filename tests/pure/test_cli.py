@@ -138,3 +138,30 @@ def test_package_surface() -> None:
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0.1.0"
+
+
+def test_explain_shows_eligible_servers_and_why_not(tmp_path: Path) -> None:
+    """explain names each server's eligibility (down at start, draining, backup) and the pool's
+    health, passive, retry and slow-start settings."""
+    f = tmp_path / "h.yaml"
+    f.write_text(
+        "listen: [{address: 127.0.0.1:0}]\ndefault_pool: p\npools:\n  p:\n"
+        "    scheduler: wrr\n"
+        "    health: {http: {path: /health}, interval: 2s, rise: 2, fall: 3}\n"
+        "    slow_start: 30s\n    retries: 1\n    maxconn: 10\n"
+        "    servers:\n"
+        "      - {address: 127.0.0.1:1, name: a}\n"
+        "      - {address: 127.0.0.1:2, name: b, init_state: down}\n"
+        "      - {address: 127.0.0.1:3, name: c, weight: 0}\n"
+        "    backup: [{address: 127.0.0.1:4, name: sorry}]\n")
+    r = l7("explain", str(f), "/x")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "  a (127.0.0.1:1, weight 1, maxconn 10): eligible" in out
+    assert "  b (127.0.0.1:2, weight 1, maxconn 10): down (init_state: down: up after 2 passing checks)" in out
+    assert "  c (127.0.0.1:3, weight 0, maxconn 10): draining" in out
+    assert "  sorry (127.0.0.1:4, weight 1, maxconn 10): backup: takes requests only while no primary" in out
+    assert "health: http GET /health every 2s (timeout 1s), rise 2, fall 3" in out
+    assert "passive checks: layer4, 5 consecutive errors mark a server down" in out
+    assert "retries: 1 (to another server, when safe; budget 20%)" in out
+    assert "slow start: 30s" in out
