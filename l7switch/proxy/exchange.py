@@ -42,7 +42,7 @@ import time
 from enum import IntEnum
 from typing import Any
 
-from ..balance.dispatch import Wait, choose, choose_again, unavailable
+from ..balance.dispatch import Wait, choose, choose_again
 from ..balance.pool import ServerPool
 from ..balance.queue import Ticket
 from ..balance.servers import Server
