@@ -425,3 +425,39 @@ def check_png(data: bytes) -> tuple[int, int]:
     assert (depth, ctype) == (8, 6)  # 8-bit RGBA
     assert len(zlib.decompress(idat)) == height * (1 + 4 * width)
     return width, height
+
+
+# ---- availability settings on a parsed config (until their YAML keys exist) -----------------------
+
+def with_pool(config: Any, pool: str = "p", *, servers: dict[str, dict[str, Any]] | None = None,
+              backup: tuple[str, ...] | list[str] = (), maxconn: int | None = None,
+              passive: dict[str, Any] | None = None, queue: dict[str, Any] | None = None,
+              timeouts: dict[str, Any] | None = None, **changes: Any) -> Any:
+    """``config`` (a parsed ``spec.Config``) with pool ``pool`` changed as the availability
+    keys of a rule file would: ``changes`` are PoolSpec fields (slow_start, retries,
+    retry_budget...), ``passive``/``queue`` the fields of PassiveSpec/QueueSpec, ``maxconn``
+    every server's, ``servers`` per-server ServerSpec changes by name, ``backup`` the names of
+    servers moved to the pool's backup list, ``timeouts`` Timeouts fields."""
+    import dataclasses
+
+    from l7switch.spec import PassiveSpec, QueueSpec
+
+    spec = config.pools[pool]
+    specs = []
+    for s in (*spec.servers, *spec.backup):
+        fields = dict((servers or {}).get(s.name, {}))
+        if maxconn is not None:
+            fields.setdefault("maxconn", maxconn)
+        fields["backup"] = s.name in backup
+        specs.append(dataclasses.replace(s, **fields))
+    if passive is not None:
+        changes["passive"] = PassiveSpec(**passive)
+    if queue is not None:
+        changes["queue"] = QueueSpec(**queue)
+    new = dataclasses.replace(spec, servers=tuple(s for s in specs if not s.backup),
+                              backup=tuple(s for s in specs if s.backup), **changes)
+    pools = {**config.pools, pool: new}
+    out = dataclasses.replace(config, pools=pools)
+    if timeouts is not None:
+        out = dataclasses.replace(out, timeouts=dataclasses.replace(config.timeouts, **timeouts))
+    return out
