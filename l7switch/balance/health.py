@@ -118,7 +118,7 @@ class AgentReply:
     reason: str = ""
 
 
-_PERCENT = re.compile(r"([0-9]{1,4})%")
+_PERCENT = re.compile(r"([0-9]{1,5})%")  # (five digits: the range check below can fire)
 _MAXCONN = re.compile(r"maxconn:([0-9]{1,9})")
 
 
