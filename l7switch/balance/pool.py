@@ -66,7 +66,7 @@ class ServerPool:
         #: Asked on a tls-passthrough connection's ClientHello (ssl_session or source).
         self.hello_persistence: Persistence | None = (
             persistence if persistence is not None and persistence.tls_hello else None)
-        self.created = time.monotonic()
+        self.created = clock()  # (the clock transitions are timed with)
         # The take/drop hooks run for every request; most schedulers leave them as the base's
         # no-ops, and then they are not called at all (HAProxy's lbprm callbacks "may be NULL").
         cls = type(scheduler)
@@ -190,10 +190,12 @@ class ServerPool:
 
     def failed(self, server: Server, detail: str) -> None:
         """A failure seen in traffic (passive checks): ``error_limit`` in a row mark it down."""
-        if not self.error_limit:
+        if not self.error_limit or not server.healthy:
+            # Already down: failures of requests that were in flight when it went down say
+            # nothing new, and must not count against it once it is back.
             return
         server.errors += 1
-        if server.errors < self.error_limit or not server.healthy:
+        if server.errors < self.error_limit:
             return
         now = self.clock()
         count, server.errors = server.errors, 0
@@ -242,6 +244,7 @@ class ServerPool:
         self.agents[server] = result
         if reply is None:
             return
+        before = server.state
         if reply.health is False:
             self._agent_down.add(server)
         elif reply.health is True:
@@ -253,11 +256,12 @@ class ServerPool:
         if reply.maxconn is not None:
             server.maxconn = reply.maxconn
         why = f"agent said {result.detail!r}" + (f" ({reply.reason})" if reply.reason else "")
-        self._apply(server, why, result.at)
+        self._apply(server, why, result.at, before)
 
     def set_admin(self, server: Server, admin: str, why: str = "admin") -> None:
+        before = server.state
         server.admin = admin
-        self._apply(server, why, self.clock())
+        self._apply(server, why, self.clock(), before)
 
     def set_weight(self, server: Server, weight: int) -> None:
         """Runtime weight change (0 quiesces: no new requests, in-flight ones finish)."""
@@ -297,9 +301,12 @@ class ServerPool:
         if self.queue.count:
             self.serve_queues()
 
-    def _apply(self, server: Server, why: str, now: float) -> None:
-        """Derive the server's state from what is known, tell the scheduler, log the change."""
-        old_state, old_up, old_weight, old_avail = server.state, server.up, server.weight, server.available
+    def _apply(self, server: Server, why: str, now: float, before: str | None = None) -> None:
+        """Derive the server's state from what is known, tell the scheduler, log the change.
+        ``before``: the state before the caller changed ``admin`` (``state`` reads it directly,
+        so it cannot be taken here)."""
+        old_state = before if before is not None else server.state
+        old_up, old_weight, old_avail = server.up, server.weight, server.available
         check = self.checks.get(server)
         ej = self._ejections.get(server)
         server.healthy = ((check is None or check.healthy) and server not in self._agent_down
