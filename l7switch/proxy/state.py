@@ -87,7 +87,9 @@ class SwitchState:
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
-        self.clock = Clock(tick_for(t.connect, t.server, t.client, t.header))
+        # Queue timeouts are deadlines on this clock too (balance/queue.Ticket).
+        queues = [p.queue.timeout for p in config.pools.values() if p.queue.timeout is not None]
+        self.clock = Clock(tick_for(t.connect, t.server, t.client, t.header, t.queue, *queues))
         # Persistence tables (client address -> server...) belong to the process, not to a
         # generation: a reload hands them to the new pools, so sessions survive it.
         self.tables = tables if tables is not None else Tables()
