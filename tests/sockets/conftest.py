@@ -13,6 +13,7 @@ from kit import Behaviour, LoopThread, RawOrigin, simple_config
 from l7switch.config import parse_config
 from l7switch.devtools.origin import OriginServer, standard_handler
 from l7switch.runtime.switch import Switch
+from l7switch.spec import Config
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +44,12 @@ def origin_factory(lt: LoopThread):
 
 @pytest.fixture
 def switch_factory(lt: LoopThread):
-    """``switch_factory(yaml_text)`` -> a started Switch listening on 127.0.0.1:<port>."""
+    """``switch_factory(yaml_text)`` -> a started Switch listening on 127.0.0.1:<port> (or
+    ``switch_factory(config)`` for a parsed, edited ``Config``)."""
     started: list[Switch] = []
 
-    def make(yaml_text: str) -> Switch:
-        cfg = parse_config(yaml_text, "<test>")
+    def make(yaml_text: str | Config) -> Switch:
+        cfg = yaml_text if isinstance(yaml_text, Config) else parse_config(yaml_text, "<test>")
 
         async def go() -> Switch:
             sw = Switch(cfg)
