@@ -427,37 +427,38 @@ def check_png(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-# ---- availability settings on a parsed config (until their YAML keys exist) -----------------------
 
-def with_pool(config: Any, pool: str = "p", *, servers: dict[str, dict[str, Any]] | None = None,
-              backup: tuple[str, ...] | list[str] = (), maxconn: int | None = None,
-              passive: dict[str, Any] | None = None, queue: dict[str, Any] | None = None,
-              timeouts: dict[str, Any] | None = None, **changes: Any) -> Any:
-    """``config`` (a parsed ``spec.Config``) with pool ``pool`` changed as the availability
-    keys of a rule file would: ``changes`` are PoolSpec fields (slow_start, retries,
-    retry_budget...), ``passive``/``queue`` the fields of PassiveSpec/QueueSpec, ``maxconn``
-    every server's, ``servers`` per-server ServerSpec changes by name, ``backup`` the names of
-    servers moved to the pool's backup list, ``timeouts`` Timeouts fields."""
-    import dataclasses
+# ---- rule files with the availability keys ---------------------------------------------------------
 
-    from l7switch.spec import PassiveSpec, QueueSpec
+def _flow(v: Any) -> str:
+    """A YAML flow value: dicts as {k: v}, lists as [a, b], anything else as written."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_flow(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_flow(x) for x in v) + "]"
+    return str(v)
 
-    spec = config.pools[pool]
-    specs = []
-    for s in (*spec.servers, *spec.backup):
-        fields = dict((servers or {}).get(s.name, {}))
-        if maxconn is not None:
-            fields.setdefault("maxconn", maxconn)
-        fields["backup"] = s.name in backup
-        specs.append(dataclasses.replace(s, **fields))
-    if passive is not None:
-        changes["passive"] = PassiveSpec(**passive)
-    if queue is not None:
-        changes["queue"] = QueueSpec(**queue)
-    new = dataclasses.replace(spec, servers=tuple(s for s in specs if not s.backup),
-                              backup=tuple(s for s in specs if s.backup), **changes)
-    pools = {**config.pools, pool: new}
-    out = dataclasses.replace(config, pools=pools)
-    if timeouts is not None:
-        out = dataclasses.replace(out, timeouts=dataclasses.replace(config.timeouts, **timeouts))
-    return out
+
+def avail_config(ports: list[int], scheduler: str = "rr", options: str = "{}",
+                 weights: list[int] | None = None, *, backup: tuple[str, ...] | list[str] = (),
+                 servers: dict[str, dict[str, Any]] | None = None,
+                 timeouts: dict[str, Any] | None = None, **pool_keys: Any) -> str:
+    """Pool ``p`` with servers o0, o1... on ``ports`` (as ``pool_config``), those named in
+    ``backup`` in its ``backup:`` list, ``servers`` per-server keys by name, ``pool_keys`` the
+    pool's own keys (maxconn, passive, queue, slow_start, retries, retry_budget, persistence...)
+    and ``timeouts`` the top-level section; values are written as YAML flow text."""
+    weights = weights or [1] * len(ports)
+    entries: dict[bool, list[str]] = {False: [], True: []}
+    for i, (port, w) in enumerate(zip(ports, weights)):
+        name = f"o{i}"
+        fields = {"address": f"127.0.0.1:{port}", "weight": w, "name": name, **(servers or {}).get(name, {})}
+        entries[name in backup].append(_flow(fields))
+    lines = ["listen: [{address: 127.0.0.1:0}]", "default_pool: p", "pools:", "  p:",
+             f"    scheduler: {scheduler}", f"    scheduler_options: {options}",
+             f"    servers: [{', '.join(entries[False])}]"]
+    if entries[True]:
+        lines.append(f"    backup: [{', '.join(entries[True])}]")
+    lines += [f"    {k}: {_flow(v)}" for k, v in pool_keys.items()]
+    if timeouts:
+        lines.append(f"timeouts: {_flow(timeouts)}")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ import collections
 import logging
 
 import pytest
-from kit import pool_config, with_pool
+from kit import avail_config
 
 from l7switch.balance.build import build_pool
 from l7switch.balance.dispatch import Wait, choose, choose_again
@@ -33,10 +33,9 @@ class FakeClock:
 
 def make_pool(scheduler: str = "rr", n: int = 3, options: str = "{}", weights: list[int] | None = None,
               clock: FakeClock | None = None, persistence: str | None = None, **kw) -> ServerPool:
-    text = pool_config(list(range(9001, 9001 + n)), scheduler, options, weights)
     if persistence is not None:
-        text += f"    persistence: {persistence}\n"
-    cfg = with_pool(parse_config(text, "t.yaml"), "p", **kw)
+        kw["persistence"] = persistence
+    cfg = parse_config(avail_config(list(range(9001, 9001 + n)), scheduler, options, weights, **kw), "t.yaml")
     return build_pool(cfg.pools["p"], clock=clock or FakeClock())
 
 
@@ -172,7 +171,7 @@ def test_check_state_flapping_changes_at_most_once_per_window() -> None:
     """Through the pool: alternating results never move the server; at most one transition
     per run of ``fall`` failures or ``rise`` passes."""
     clock = FakeClock()
-    pool = make_pool(servers={"o0": {"health": HealthSpec(rise=2, fall=2)}}, clock=clock)
+    pool = make_pool(servers={"o0": {"health": {"rise": 2, "fall": 2}}}, clock=clock)
     s = by_name(pool, "o0")
     for i in range(20):
         pool.check_result(s, ok(i) if i % 2 else bad(i))
@@ -363,7 +362,7 @@ def test_backups_serve_only_while_no_primary_is_available() -> None:
 
 def test_passive_failures_eject_at_error_limit_and_tick_brings_it_back(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    pool = make_pool("rr", clock=clock, passive={"error_limit": 3, "ejection": 10.0, "max_ejection": 60.0})
+    pool = make_pool("rr", clock=clock, passive={"error_limit": 3, "ejection": "10s", "max_ejection": "60s"})
     s = by_name(pool, "o0")
     with caplog.at_level(logging.INFO, logger="l7switch"):
         pool.failed(s, "connection refused")
@@ -398,7 +397,7 @@ def test_failures_while_ejected_do_not_count_after_it_returns() -> None:
     """Requests that were in flight when the server was ejected fail too; those failures must
     not make the first failure after its return eject it again at once."""
     clock = FakeClock()
-    pool = make_pool("rr", clock=clock, passive={"error_limit": 3, "ejection": 10.0})
+    pool = make_pool("rr", clock=clock, passive={"error_limit": 3, "ejection": "10s"})
     s = by_name(pool, "o0")
     for _ in range(3):
         pool.failed(s, "reset")
@@ -415,7 +414,7 @@ def test_failures_while_ejected_do_not_count_after_it_returns() -> None:
 def test_passive_with_an_active_check_waits_for_rise() -> None:
     clock = FakeClock()
     pool = make_pool("rr", clock=clock, passive={"error_limit": 2},
-                     servers={"o0": {"health": HealthSpec(rise=2, fall=3)}})
+                     servers={"o0": {"health": {"rise": 2, "fall": 3}}})
     s = by_name(pool, "o0")
     pool.failed(s, "reset")
     pool.failed(s, "reset")
@@ -477,7 +476,7 @@ def ramp_to(pool: ServerPool, clock: FakeClock, server: Server, ramp: float) -> 
 def test_slow_start_gates_rr_and_wrr_turns(scheduler: str, weights: list[int], expect: float) -> None:
     clock = FakeClock()
     n = len(weights)
-    pool = make_pool(scheduler, n=n, weights=weights, clock=clock, slow_start=40.0)
+    pool = make_pool(scheduler, n=n, weights=weights, clock=clock, slow_start="40s")
     s = by_name(pool, "o0")
     ramp_to(pool, clock, s, 0.25)
     got = shares(pool, 2000)
@@ -491,7 +490,7 @@ def test_slow_start_gates_rr_and_wrr_turns(scheduler: str, weights: list[int], e
 
 def test_slow_start_scales_wlc_by_load() -> None:
     clock = FakeClock()
-    pool = make_pool("wlc", n=2, clock=clock, slow_start=40.0)
+    pool = make_pool("wlc", n=2, clock=clock, slow_start="40s")
     a, b = by_name(pool, "o0"), by_name(pool, "o1")
     ramp_to(pool, clock, a, 0.25)
     for _ in range(100):  # requests that stay in flight: the loads settle at the weights' ratio
@@ -504,7 +503,7 @@ def test_slow_start_scales_wlc_by_load() -> None:
 
 def test_slow_start_only_on_return() -> None:
     clock = FakeClock()
-    pool = make_pool("rr", clock=clock, slow_start=10.0)
+    pool = make_pool("rr", clock=clock, slow_start="10s")
     assert all(s.ramp == 1.0 for s in pool.servers)  # not at start
     s = by_name(pool, "o1")
     pool.set_admin(s, "drain")
@@ -521,7 +520,7 @@ def test_slow_start_only_on_return() -> None:
 # ---- retry budget --------------------------------------------------------------------------------
 
 def test_retry_budget_has_a_floor_of_three_then_a_share_of_inflight() -> None:
-    pool = make_pool("rr", retry_budget=0.2)
+    pool = make_pool("rr", retry_budget="20%")
     assert pool.retry_allowed()
     pool.retrying = 3
     assert not pool.retry_allowed()  # 3 in flight at most on a quiet pool
@@ -531,7 +530,7 @@ def test_retry_budget_has_a_floor_of_three_then_a_share_of_inflight() -> None:
     assert pool.retry_allowed()
     pool.retrying = 6
     assert not pool.retry_allowed()
-    backup_pool = make_pool("rr", backup=["o2"], retry_budget=0.5)
+    backup_pool = make_pool("rr", backup=["o2"], retry_budget="50%")
     for _ in range(10):
         backup_pool.begin(by_name(backup_pool, "o2"))  # backups' requests count too
     backup_pool.retrying = 4

@@ -10,9 +10,8 @@ import struct
 import time
 
 import pytest
-from kit import Conn, get, pool_config, read_head, wait_for, with_pool
+from kit import Conn, avail_config, get, read_head, wait_for
 
-from l7switch.config import parse_config
 from l7switch.devtools.origin import OriginRequest, OriginResponse, OriginServer
 
 logging.getLogger("l7switch").setLevel(logging.INFO)
@@ -20,10 +19,9 @@ logging.getLogger("l7switch").setLevel(logging.INFO)
 
 def config(ports: list[int], scheduler: str = "rr", options: str = "{}", persistence: str | None = None,
            **kw):
-    text = pool_config(ports, scheduler, options)
     if persistence is not None:
-        text += f"    persistence: {persistence}\n"
-    return with_pool(parse_config(text, "<test>"), "p", **kw)
+        kw["persistence"] = persistence
+    return avail_config(ports, scheduler, options, **kw)
 
 
 def pool_snap(lt, sw) -> dict:
@@ -107,7 +105,7 @@ def test_maxconn_two_with_twenty_concurrent_requests(counting, switch_factory, l
 
 def test_queue_timeout_is_a_503_with_retry_after(counting, switch_factory, lt):
     o, _ = counting("o0", 1.5)
-    sw = switch_factory(config([o.port], maxconn=1, timeouts={"queue": 0.3}))
+    sw = switch_factory(config([o.port], maxconn=1, timeouts={"queue": "0.3s"}))
     with Conn(sw.port) as busy, Conn(sw.port) as waiting:
         busy.send(get("/slow"))
         assert wait_for(lambda: server_snap(lt, sw, "o0")["inflight"] == 1)
@@ -123,7 +121,7 @@ def test_queue_timeout_is_a_503_with_retry_after(counting, switch_factory, lt):
 
 def test_full_queue_is_a_503_with_retry_after_at_once(counting, switch_factory, lt):
     o, h = counting("o0", 0.5)
-    sw = switch_factory(config([o.port], maxconn=1, queue={"max": 1, "timeout": 4.0}))
+    sw = switch_factory(config([o.port], maxconn=1, queue={"max": 1, "timeout": "4s"}))
     with Conn(sw.port) as a, Conn(sw.port) as b, Conn(sw.port) as c:
         a.send(get("/a"))
         assert wait_for(lambda: server_snap(lt, sw, "o0")["inflight"] == 1)
@@ -298,7 +296,7 @@ def test_response_head_timeout_is_not_retried(raw_origin, origin_factory, switch
         await asyncio.sleep(30)
     hung = raw_origin(hang)
     good = origin_factory("good")
-    sw = switch_factory(config([hung.port, good.port], timeouts={"server": 0.2}))
+    sw = switch_factory(config([hung.port, good.port], timeouts={"server": "0.2s"}))
     with Conn(sw.port) as c:
         c.send(get("/"))
         assert c.response().status == 504
@@ -352,7 +350,7 @@ def test_retry_budget_stops_retries_when_spent(raw_origin, free_port, switch_fac
     hung = raw_origin(hang)
     # o0 refuses (nothing listens), o1 never answers; lc sends every new request to o0 first.
     sw = switch_factory(config([free_port, hung.port], "lc", passive={"observe": "off"},
-                               timeouts={"server": 3.0}))
+                               timeouts={"server": "3s"}))
     conns = []
     try:
         for i in range(3):
@@ -379,7 +377,7 @@ def test_retry_budget_stops_retries_when_spent(raw_origin, free_port, switch_fac
 def test_killed_server_is_ejected_after_error_limit_and_comes_back(free_port, origin_factory,
                                                                   switch_factory, lt, caplog):
     good = origin_factory("good")
-    sw = switch_factory(config([free_port, good.port], passive={"error_limit": 3, "ejection": 0.3}))
+    sw = switch_factory(config([free_port, good.port], passive={"error_limit": 3, "ejection": "0.3s"}))
     for _ in range(12):
         with Conn(sw.port) as c:
             c.send(get("/"))
@@ -403,7 +401,7 @@ def test_layer7_counts_5xx(origin_factory, switch_factory, lt):
     broken = origin_factory("broken", handler=lambda req: OriginResponse(500, [], b"oops"))
     good = origin_factory("good")
     sw = switch_factory(config([broken.port, good.port],
-                               passive={"observe": "layer7", "error_limit": 2, "ejection": 30.0}))
+                               passive={"observe": "layer7", "error_limit": 2, "ejection": "30s"}))
     statuses = []
     for _ in range(8):
         with Conn(sw.port) as c:
@@ -439,8 +437,8 @@ def test_hung_server_is_ejected_after_error_limit_head_timeouts(raw_origin, orig
             await read_head(reader)
     hung = raw_origin(hang)
     good = origin_factory("good")
-    sw = switch_factory(config([hung.port, good.port], passive={"error_limit": 2, "ejection": 30.0},
-                               timeouts={"server": 0.2}))
+    sw = switch_factory(config([hung.port, good.port], passive={"error_limit": 2, "ejection": "30s"},
+                               timeouts={"server": "0.2s"}))
     statuses = []
     for _ in range(8):
         with Conn(sw.port) as c:
