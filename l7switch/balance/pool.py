@@ -176,8 +176,10 @@ class ServerPool:
     def _serve_queue(self, server: Server) -> None:
         """Hand ``server``'s free slots to the oldest waiting requests it may take."""
         queue = self.queue
+        # A backup takes requests from the pool's queue only while no primary could.
+        any_server = server.available and (not server.backup or not any(s.available for s in self.servers))
         while queue.count and server.up and not server.full:
-            ticket = queue.next_for(server, server.available)
+            ticket = queue.next_for(server, any_server)
             if ticket is None:
                 return
             ticket.waiter.dequeued(server)  # which begins it on the server
@@ -325,8 +327,14 @@ class ServerPool:
             server.since = now
             line = transition_line(self.name, server.name, server.address, old_state, new_state, why, held)
             log.log(logging.WARNING if new_state == DOWN else logging.INFO, "%s", line)
-        if self.queue.count and server.up:
-            self._serve_queue(server)
+        if self.queue.count:
+            if server.up:
+                self._serve_queue(server)
+            elif old_up:
+                # Requests waiting for this server in particular would wait in vain: they choose
+                # again (HAProxy's pendconn_redistribute), sticky ones per the redispatch setting.
+                for ticket in self.queue.take_for(server):
+                    ticket.waiter.requeue()
 
     # ---- introspection ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -31,6 +31,9 @@ class Waiter(Protocol):
 
     def queue_expired(self) -> None: ...
 
+    def requeue(self) -> None:
+        """The server it waited for went down: choose again."""
+
 
 class Ticket:
     """One request waiting in a queue (watched by the clock: ``deadline``/``on_deadline``)."""
@@ -109,6 +112,14 @@ class RequestQueue:
         self.count -= 1
         if ticket.server is not None:
             ticket.server.queued -= 1
+
+    def take_for(self, server: Server) -> list[Ticket]:
+        """Every live request waiting for ``server`` in particular, removed from the queue."""
+        own = self.by_server.pop(server, None)
+        tickets = [t for t in own or () if t.live]
+        for ticket in tickets:
+            self._drop(ticket)
+        return tickets
 
     def next_for(self, server: Server, any_server: bool = True) -> Ticket | None:
         """The oldest live request ``server`` may take now: from its own queue, or from the

@@ -178,6 +178,13 @@ class Exchange:
             persist.after_pick(server, self.sticky_key)
         self._use(server)
 
+    def requeue(self) -> None:
+        """The server this request waited for went down: it chooses again, as if new."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.state.clock.unwatch(ticket)
+        self.start()
+
     def queue_expired(self) -> None:
         ticket, self.ticket = self.ticket, None
         if ticket is not None:

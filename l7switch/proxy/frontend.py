@@ -26,7 +26,7 @@ from ..http.rules import WireView
 from ..net.flow import CLOSING, HIGH_WATER, SPLICING, WAITING, FlowControl
 from ..net.tunnel import TO_SERVER, Tunnel
 from ..spec import ListenerSpec
-from .exchange import RELAYING, Exchange
+from .exchange import QUEUED, RELAYING, Exchange
 from .state import SwitchState
 
 log = logging.getLogger("l7switch")
@@ -209,6 +209,13 @@ class ClientConnection(asyncio.Protocol):
             return self.tunnel.eof(TO_SERVER)
         if self.tls:
             return None  # close_notify: TLS has no half-close, the transport closes either way
+        ex = self.exchange
+        if ex is not None and ex.phase == QUEUED and not self.queue:
+            # Waiting for a server slot and the client closed: it has most likely given up, so
+            # the request leaves the queue now instead of taking a slot a live client waits
+            # for (HAProxy's "option abortonclose", which its manual recommends with queues).
+            ex.client_lost()  # (connection_lost, which follows, tidies the connection's side)
+            return None
         # A client may half-close after its last request (RFC 9112 §9.6); keep the write side
         # open until what it asked for has been answered.
         if self.exchange is not None or self.queue:

@@ -67,6 +67,9 @@ class W:
     def queue_expired(self) -> None:
         self.log.append((self.name, "expired"))
 
+    def requeue(self) -> None:
+        self.log.append((self.name, "requeue"))
+
 
 def srv(name: str, maxconn: int = 0) -> Server:
     return Server(name, "127.0.0.1", 9000, 1, "p", 0, maxconn)
@@ -644,3 +647,30 @@ def test_queue_served_when_maxconn_is_raised_or_a_server_returns() -> None:
     pool.queue.push(Begins("1", log), None, 0)
     pool.agent_result(a, parse_agent_reply("maxconn:2"), CheckResult(True, "maxconn:2", 0, 0))
     assert log == [("1", "o0")]
+
+
+def test_requests_waiting_for_a_server_that_goes_down_choose_again() -> None:
+    """HAProxy's pendconn_redistribute: a down server's own queue is handed back to its waiters;
+    the pool's queue is left as it is."""
+    pool = make_pool("rr", 2, maxconn=1)
+    a, b = by_name(pool, "o0"), by_name(pool, "o1")
+    log: list[tuple[str, str]] = []
+    pool.queue.push(W("for-a", log), a, 0)
+    pool.queue.push(W("any", log), None, 0)
+    pool.begin(a), pool.begin(b)  # both full
+    pool.mark_down(a)
+    assert log == [("for-a", "requeue")]
+    assert pool.queue.count == 1 and a.queued == 0
+
+
+def test_backup_takes_from_the_pool_queue_only_while_no_primary_is_available() -> None:
+    pool = make_pool("rr", 2, maxconn=1, backup=["o1"])
+    primary, backup = by_name(pool, "o0"), pool.backups[0]
+    log: list[tuple[str, str]] = []
+    pool.begin(primary)
+    pool.begin(backup)  # (a request that went to the backup while the primary was down)
+    pool.queue.push(W("w", log), None, 0)
+    pool.end(backup)
+    assert log == [] and pool.queue.count == 1  # the primary is up: the request waits for it
+    pool.end(primary)
+    assert log == [("w", "o0")]

@@ -77,6 +77,10 @@ def counting(origin_factory):
 
 # ---- maxconn and the queues ------------------------------------------------------------------------
 
+def by_name(pool, name):
+    return next(s for s in pool.all_servers if s.name == name)
+
+
 def test_maxconn_two_with_twenty_concurrent_requests(counting, switch_factory, lt):
     o, h = counting("o0", 0.05)
     sw = switch_factory(config([o.port], maxconn=2))
@@ -155,6 +159,24 @@ def test_queued_client_that_leaves_leaves_the_queue_at_once(counting, switch_fac
     assert pool_snap(lt, sw)["queue"]["served"] == 0
 
 
+def test_queued_client_that_half_closes_leaves_the_queue(counting, switch_factory, lt):
+    """A FIN while waiting for a slot counts as leaving (HAProxy's abortonclose with queues)."""
+    o, h = counting("o0", 0.6)
+    sw = switch_factory(config([o.port], maxconn=1))
+    with Conn(sw.port) as a:
+        a.send(get("/a"))
+        assert wait_for(lambda: server_snap(lt, sw, "o0")["inflight"] == 1)
+        b = Conn(sw.port)
+        b.send(get("/gone"))
+        assert wait_for(lambda: pool_snap(lt, sw)["queue"]["queued"] == 1)
+        b.sock.shutdown(socket.SHUT_WR)
+        assert wait_for(lambda: pool_snap(lt, sw)["queue"]["queued"] == 0, timeout=0.3)
+        assert b.read_to_close(limit=3) == b""
+        b.close()
+        assert a.response().status == 200
+    assert h.paths == ["/a"]
+
+
 def test_hashed_requests_wait_in_their_servers_queue(counting, switch_factory, lt):
     (o0, h0), (o1, h1) = counting("o0", 0.4), counting("o1", 0.4)
     sw = switch_factory(config([o0.port, o1.port], "maglev", "{hash_key: 'header:X-K'}", maxconn=1))
@@ -174,6 +196,24 @@ def test_hashed_requests_wait_in_their_servers_queue(counting, switch_factory, l
         assert a.response().body == b"o0 /a"
         assert b.response().body == b"o0 /b"
     assert h0.paths == ["/a", "/b"] and h1.paths == ["/c"]
+
+
+def test_waiting_for_a_server_that_goes_down_goes_elsewhere(counting, switch_factory, lt):
+    """A request in a server's own queue does not wait in vain when that server goes down."""
+    (o0, h0), (o1, h1) = counting("o0", 0.5), counting("o1", 0.1)
+    sw = switch_factory(config([o0.port, o1.port], "maglev", "{hash_key: 'header:X-K'}", maxconn=1))
+    pool = sw.pools["p"]
+    keys = {lt.call(lambda k=k: pool.pick(k).name): k for k in (f"k{i}" for i in range(20))}
+    k0 = keys["o0"]
+    with Conn(sw.port) as a, Conn(sw.port) as b:
+        a.send(get("/a", extra=f"X-K: {k0}\r\n"))
+        assert wait_for(lambda: server_snap(lt, sw, "o0")["inflight"] == 1)
+        b.send(get("/b", extra=f"X-K: {k0}\r\n"))
+        assert wait_for(lambda: server_snap(lt, sw, "o0")["queued"] == 1)
+        lt.call(lambda: pool.mark_down(by_name(pool, "o0")))
+        assert b.response().body == b"o1 /b"  # at once, not after the queue timeout
+        assert a.response().body == b"o0 /a"  # in flight: finishes where it was
+    assert h0.paths == ["/a"] and h1.paths == ["/b"]
 
 
 def test_sticky_requests_wait_in_their_servers_queue_and_pool_queue_shows(counting, switch_factory, lt):
