@@ -8,15 +8,22 @@ with new ``ServerPool`` objects — needs no restart of the checks: the switch's
 
 Timing follows HAProxy: a target's first probe waits ``interval * i / n`` (HAProxy's
 ``start_checks`` offsets server i of n by ``mininter * srvpos / nbcheck``) plus a little jitter,
-so 200 servers never probe in the same millisecond; after that each probe starts ``interval``
+so 200 servers do not all probe at once; after that each probe starts ``interval``
 after the previous one started (``inter``). A probe's timeout is below its interval, and a task
 awaits its probe before sleeping, so a target's probes never overlap.
+
+Start times are rounded up to a grid of ``interval / 20`` (at most 50 ms): the timer slack of
+Linux (``PR_SET_TIMERSLACK``) and systemd (``TimerSlackNSec``), applied for the same reason —
+probes due within one slot share the loop's wake-ups instead of waking an idle switch 200 times
+a second. Measured with bench/health_cost.py (200 servers, 1 s): about 2.5x less CPU than
+without it; the probes still go out in 20 small groups a second, not all at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,8 +43,10 @@ HEALTH, AGENT = "health", "agent"
 #: checkers of several processes started in the same millisecond (HAProxy ``spread-checks``
 #: suggests 2-5% of the interval between checks; this moves only the first one).
 FIRST_JITTER = 0.25
-#: The shortest pause between two probes of one target, whatever its interval and probe time.
-MIN_GAP = 0.01
+#: Timer slack: a probe may start this share of its interval late, at most MAX_SLACK (s), so
+#: that probes due close together share one wake-up (see the module's docstring).
+SLACK_SHARE = 0.05
+MAX_SLACK = 0.05
 
 #: deliver(pool name, server name, kind, agent reply or None, result)
 Deliver = Callable[[str, str, str, AgentReply | None, CheckResult], None]
@@ -86,6 +95,12 @@ def _agent_target(pool: str, s: ServerSpec, a: AgentSpec) -> Target:
     return Target(pool, s.name, AGENT, s.host, a.port, a.interval, a.timeout)
 
 
+def slot(t: float, interval: float) -> float:
+    """``t`` rounded up to the timer-slack grid of ``interval``."""
+    grid = min(interval * SLACK_SHARE, MAX_SLACK)
+    return math.ceil(t / grid) * grid
+
+
 def first_offset(i: int, n: int, interval: float, rnd: float) -> float:
     """When target ``i`` of ``n`` probes first: its share of the interval plus ``rnd`` (0..1) of
     ``FIRST_JITTER`` of one share."""
@@ -122,9 +137,9 @@ class HealthChecker:
 
     async def _run(self, t: Target, offset: float) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(offset)
-        began = loop.time()
+        began = loop.time() + offset  # when this probe is due
         while True:
+            await asyncio.sleep(max(slot(began, t.interval) - loop.time(), 0.0))
             reply, result = await self.probe(t)
             t.probes += 1
             t.last = result
@@ -136,9 +151,7 @@ class HealthChecker:
                 log.exception("check %s %s/%s: delivering its result failed", t.kind, t.pool, t.server)
             # Fixed rate from the first probe: the spread of start() is kept however long
             # probes take; a late loop skips missed turns instead of probing in a burst.
-            now = loop.time()
-            began += t.interval * max(1, -(-(now - began) // t.interval))
-            await asyncio.sleep(max(began - now, MIN_GAP))
+            began += t.interval * max(1, math.ceil((loop.time() - began) / t.interval))
 
     async def probe(self, t: Target) -> tuple[AgentReply | None, CheckResult]:
         if t.kind == AGENT:

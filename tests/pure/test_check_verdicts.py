@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import types
 
-from l7switch.checks.checker import AGENT, HEALTH, first_offset, needs_checker, targets_of
+import pytest
+
+from l7switch.checks.checker import AGENT, HEALTH, first_offset, needs_checker, slot, targets_of
 from l7switch.checks.verdicts import CHECK_BUFFER, AgentLine, HttpJudge, http_request, judge_agent_line
 from l7switch.spec import AgentSpec, HealthSpec, HttpCheckSpec, PoolSpec, ServerSpec
 
@@ -104,6 +106,14 @@ def test_first_probes_spread_over_the_interval() -> None:
     offsets = [first_offset(i, 200, 1.0, 0.5) for i in range(200)]
     assert offsets[0] > 0 and offsets[-1] < 1.0
     assert all(b - a > 0.004 for a, b in zip(offsets, offsets[1:]))
+
+
+def test_start_times_round_up_to_the_timer_slack_grid() -> None:
+    assert slot(10.001, 1.0) == pytest.approx(10.05)  # 1 s: 50 ms slots
+    assert slot(3.0001, 0.1) == pytest.approx(3.005)  # 0.1 s: 5 ms slots
+    assert slot(7.0001, 30.0) == pytest.approx(7.05)  # never more than 50 ms late
+    firsts = {slot(100 + first_offset(i, 200, 1.0, 0.5), 1.0) for i in range(200)}
+    assert len(firsts) == 20  # 200 servers in 20 small groups a second
 
 
 def test_targets_health_and_agent_backups_included() -> None:
