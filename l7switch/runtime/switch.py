@@ -20,6 +20,7 @@ from typing import Any
 
 from ..balance.persistence import TableSweep
 from ..balance.store import Tables
+from ..checks.checker import HealthChecker, needs_checker, pool_deliver
 from ..net.tls import server_context
 from ..passthrough.connection import PassthroughConnection
 from ..proxy.frontend import ClientConnection
@@ -68,6 +69,9 @@ class Switch:
         self.state.clock.watch(PoolTick(self.state, time.monotonic()))
         self.listeners: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
+        # Active checks and agents; results go to the current generation's pools, so a reload
+        # swaps pools under running checks.
+        self.checker: HealthChecker | None = None
 
     # ---- the shared state, as tests, the admin CLI and the monitor read it -------------------------
     @property
@@ -108,6 +112,9 @@ class Switch:
             raise
         self.state.clock.start()
         self.state.current.defer_builds(self.defer_build)
+        if needs_checker(self.config.pools):
+            self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
+            self.checker.start(self.config.pools)
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, lst: ListenerSpec) -> asyncio.Server:
         state = self.state
@@ -153,6 +160,8 @@ class Switch:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), then close all."""
         state = self.state
         state.draining = True
+        if self.checker is not None:
+            await self.checker.stop()
         for listener in self.listeners:
             listener.close()
         for client in list(state.clients):
@@ -176,6 +185,8 @@ class Switch:
             "requests": self.state.requests,
             **self.state.current.snapshot(),
         }
+        if self.checker is not None:
+            snap["checks"] = self.checker.snapshot()
         if connections:
             snap["connections"] = [c.snapshot() for c in list(self.state.clients)]
         return snap

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("http",),
     ("balance", "net"),
     ("config",),
-    ("proxy",),
+    ("proxy", "checks"),
     ("passthrough",),
     ("runtime",),
     ("devtools",),  # origin servers for tests and the demo; not on the serving path
