@@ -299,6 +299,11 @@ def health_spec(layer: Layer | None, issues: Issues) -> HealthSpec | None:
     if http is not None and http.bad:
         return None
     check = None if http is None or http.off else HttpCheckSpec(**_values(http))
+    if check is not None and check.method == "HEAD" and check.body is not None and http is not None:
+        # A HEAD answer has no body (RFC 9110 §9.3.2): this check could never pass.
+        _once(issues, http.values["body"][1], f"{http.path}.body: a HEAD check gets no body to "
+              "match; use method GET, or drop body")
+        return None
     values["interval"], values["timeout"] = timing
     return HealthSpec(http=check, **values)
 

@@ -146,8 +146,8 @@ def test_health_timeout_follows_a_short_interval(interval: str, timeout: float) 
 
 def test_health_explicit_values() -> None:
     h = health_of("    health: {interval: 10s, timeout: 3s, rise: 1, fall: 1, port: 65535,\n"
-                  "             http: {path: '/status?full=1', method: HEAD, host: a.test, body: alive}}\n")
-    assert h == HealthSpec(HttpCheckSpec("/status?full=1", "HEAD", "a.test", ((200, 399),), "alive"),
+                  "             http: {path: '/status?full=1', method: OPTIONS, host: a.test, body: alive}}\n")
+    assert h == HealthSpec(HttpCheckSpec("/status?full=1", "OPTIONS", "a.test", ((200, 399),), "alive"),
                            10.0, 3.0, 1, 1, 65535)
 
 
@@ -489,3 +489,9 @@ def test_the_example_rule_file_shows_the_availability_keys() -> None:
     assert (html3.health.http.path, html3.health.http.host) == ("/ping", "www.example.com")
     assert [s.name for s in html.backup] == ["sorry"] and html.retry_budget == 0.2
     assert (c.timeouts.queue, c.timeouts.tunnel) == (5.0, 3600.0)
+
+
+def test_head_check_with_a_body_to_match_is_refused() -> None:
+    """A HEAD answer carries no body (RFC 9110 §9.3.2): such a check could never pass."""
+    found = issues(pool("    health: {http: {method: HEAD, body: ok}}\n"))
+    assert len(found) == 1 and "a HEAD check gets no body to match" in found[0], found
