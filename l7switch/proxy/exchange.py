@@ -87,7 +87,7 @@ class Exchange:
         "up", "t0", "body", "resendable", "req_done", "req_splice_left", "attempts", "status",
         "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "jobs",
         "progress", "tunnel_data", "sticky", "sticky_key", "cookies", "ticket", "retry_slot",
-        "idempotent",
+        "idempotent", "resent",
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
@@ -115,6 +115,7 @@ class Exchange:
         self.idempotent = head.method in IDEMPOTENT and head.upgrade is None
         self.ticket: Ticket | None = None  # while QUEUED
         self.retry_slot = False  # counted in the pool's retries in flight (the retry budget)
+        self.resent = False  # went again after a pooled connection died unanswered
         self.status = 0
         self.resp_chunked = False  # we frame the body to the client as chunked
         self.resp_eof = False  # the server's body ends when it closes (RFC 9112 §6.3(8))
@@ -223,6 +224,13 @@ class Exchange:
         self.pool.failed(server, err.detail)
         if self.phase == DONE:
             return  # the client left meanwhile; client_lost already ended the request
+        if self.resent and not self.idempotent:
+            # Its first sending died on a pooled connection: the server may have taken it, so a
+            # non-idempotent request is never sent to a second server (RFC 9112 §9.3.1).
+            self._end_server()
+            self.fail(BadGateway(f"{err.detail}; not sent elsewhere: {server.name} may have "
+                                 "received it on the pooled connection that closed"))
+            return
         # Refused or timed out, the connection failed: nothing reached the server, so any
         # request may go to another one.
         self._retry(server, err)
@@ -610,6 +618,7 @@ class Exchange:
             if body is not None:
                 body.resend()
             self.resendable = False
+            self.resent = True
             self.phase = CONNECTING
             assert self.cpool is not None
             self._open(self.cpool)

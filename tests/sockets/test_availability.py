@@ -383,6 +383,31 @@ def test_stale_pooled_connection_resend_is_not_a_retry(dies, raw_origin, origin_
     assert server_snap(lt, sw, "o0")["retries"] == 1 and server_snap(lt, sw, "o1")["redispatches"] == 1
 
 
+def test_stale_pooled_post_is_never_sent_to_a_second_server(raw_origin, origin_factory, switch_factory, lt):
+    """A POST whose pooled connection closed unanswered is re-sent to the same server (the
+    connection was stale), but if that fails it is not sent elsewhere: the first server may have
+    taken it (RFC 9112 §9.3.1). 502, and the good server never sees it."""
+    holder: list = []
+
+    async def one_then_die(reader, writer):
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")  # keep-alive
+        await writer.drain()
+        await read_head(reader)
+        holder[0].server.close()  # killed with the POST in hand
+        writer.close()
+    dying = raw_origin(one_then_die)
+    holder.append(dying)
+    good = origin_factory("good")
+    sw = switch_factory(config([dying.port, good.port], "lc", passive={"observe": "off"}))
+    with Conn(sw.port) as c:
+        c.send(get("/one"))
+        assert c.response().body == b"first"
+        c.send(b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        assert c.response().status == 502
+    assert good.requests == 0 and pool_snap(lt, sw)["retries"] == 0
+
+
 def test_retry_budget_stops_retries_when_spent(raw_origin, free_port, switch_factory, lt, caplog):
     async def hang(reader, writer):
         await read_head(reader)
