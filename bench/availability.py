@@ -530,6 +530,14 @@ def stop_proxy(env: Env, p: Proxy) -> str:
     keep = [ln for ln in text.splitlines()
             if re.search(r" -> |is (DOWN|UP)|Server be/|ERROR|Traceback|Error", ln)]
     env.note(f"{p.name} log (transitions, errors)", "\n".join(keep[-60:]) or "(none)")
+    # l7switch logs each error answer: "<id> 503 GET /100b (default): <why>"; count them by why.
+    why: dict[str, int] = {}
+    for m in re.finditer(r"WARNING [0-9a-f]+ (\d{3}) \S+ \S+ \([^)]*\): (.*)", text):
+        key = f"{m.group(1)} " + re.sub(r"127\.0\.0\.1:\d+", "SERVER", m.group(2))
+        why[key] = why.get(key, 0) + 1
+    if why:
+        env.note(f"{p.name} error answers by reason",
+                 "\n".join(f"{n:6} {k}" for k, n in sorted(why.items(), key=lambda kv: -kv[1])))
     return text
 
 
@@ -1157,6 +1165,7 @@ def scenario_cost(env: Env) -> Result:
             "rps_on": f"{rps_on:,.0f}", "rps_off": f"{rps_off:,.0f}",
             "ratio": f"{rps_on / rps_off:.3f}" if rps_off else "–",
             "cpu": f"{cpu_on:.1f} / {cpu_off:.1f}",
+            "cpu_ratio": f"{cpu_on / cpu_off:.3f}" if cpu_off else "–",
             "all_on": ", ".join(f"{x:,.0f}" for x, _ in on), "all_off": ", ".join(f"{x:,.0f}" for x, _ in off),
         }
     table(res, runs, [
@@ -1164,13 +1173,15 @@ def scenario_cost(env: Env) -> Result:
         ("rps, no checks (median)", "rps_off", str),
         ("on ÷ off (target ≥ 0.97)", "ratio", str),
         ("CPU µs/request on / off (median)", "cpu", str),
+        ("CPU per request on ÷ off", "cpu_ratio", str),
         ("runs, checks on", "all_on", str),
         ("runs, no checks", "all_off", str),
     ])
     res.notes += [
         (f"Checks: HTTP GET /health on each of the 3 servers every {a.cost_interval:g} s. Origin: one nginx "
         "listening on 3 ports, serving bench/run.py's 100 B file. Scheduler rr; both instances run throughout, "
-        "measured in alternation (on/off, then off/on, ...)."),
+        "measured in alternation (on/off, then off/on, ...). rps moves by ±5 % from run to run on this "
+        "shared 2-core box (wrk, nginx and the switch compete); CPU per request is the steadier figure."),
     ]
     res.data = {"runs": runs, "samples": samples}
     return res
