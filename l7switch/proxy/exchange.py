@@ -232,14 +232,16 @@ class Exchange:
                                  "received it on the pooled connection that closed"))
             return
         # Refused or timed out, the connection failed: nothing reached the server, so any
-        # request may go to another one.
-        self._retry(server, err)
+        # request may go to another one. A refusal costs the pool nothing (the request never
+        # ran anywhere; a dead server refuses until a check masks it), so it is outside the
+        # retry budget, which guards against retries adding load to servers already failing.
+        self._retry(server, err, budgeted=not refused)
 
-    def _retry(self, failed: Server, err: L7Error) -> None:
+    def _retry(self, failed: Server, err: L7Error, budgeted: bool = True) -> None:
         """Send the request to another server (the caller made sure that is safe), or fail it."""
         pool = self.pool
         self._end_server()
-        if not pool.retry_allowed():
+        if budgeted and not pool.retry_allowed():
             err.detail += f"; retry budget of pool '{pool.name}' spent"
             self.fail(err)
             return
@@ -252,8 +254,9 @@ class Exchange:
         failed.retries += 1
         choice.redispatches += 1
         pool.retries += 1
-        pool.retrying += 1
-        self.retry_slot = True
+        if budgeted:
+            pool.retrying += 1
+            self.retry_slot = True
         body = self.body
         if body is not None and body.held is None:
             body.resend()

@@ -408,13 +408,19 @@ def test_stale_pooled_post_is_never_sent_to_a_second_server(raw_origin, origin_f
     assert good.requests == 0 and pool_snap(lt, sw)["retries"] == 0
 
 
-def test_retry_budget_stops_retries_when_spent(raw_origin, free_port, switch_factory, lt, caplog):
+def test_retry_budget_stops_retries_when_spent(raw_origin, switch_factory, lt, caplog):
+    """Retries of requests that reached a server (closed unanswered) are capped: max(3, 20% of
+    the requests in flight)."""
+    async def close_unanswered(reader, writer):
+        await read_head(reader)
+        writer.close()
+
     async def hang(reader, writer):
         await read_head(reader)
         await asyncio.sleep(30)
-    hung = raw_origin(hang)
-    # o0 refuses (nothing listens), o1 never answers; lc sends every new request to o0 first.
-    sw = switch_factory(config([free_port, hung.port], "lc", passive={"observe": "off"},
+    closing, hung = raw_origin(close_unanswered), raw_origin(hang)
+    # o0 takes each GET and closes; o1 never answers; lc sends every new request to o0 first.
+    sw = switch_factory(config([closing.port, hung.port], "lc", passive={"observe": "off"},
                                timeouts={"server": "3s"}))
     conns = []
     try:
@@ -426,7 +432,7 @@ def test_retry_budget_stops_retries_when_spent(raw_origin, free_port, switch_fac
         with Conn(sw.port) as c:
             c.send(get("/over"))
             r = c.response()
-        assert r.status == 503
+        assert r.status == 502
         assert "retry budget of pool 'p' spent" in caplog.text
         snap = pool_snap(lt, sw)
         assert snap["retries"] == 3 and snap["retrying"] == 3
@@ -435,6 +441,29 @@ def test_retry_budget_stops_retries_when_spent(raw_origin, free_port, switch_fac
         for c in conns:
             rst_close(c)
     assert wait_for(lambda: pool_snap(lt, sw)["retrying"] == 0)  # the slots are given back
+
+
+def test_refused_connects_are_retried_outside_the_budget(raw_origin, free_port, switch_factory, lt):
+    """A refusal costs no server anything: a dead server that is not masked yet must not turn
+    into client errors once the budget is spent (bench/availability.py's kill scenario)."""
+    async def hang(reader, writer):
+        await read_head(reader)
+        await asyncio.sleep(30)
+    hung = raw_origin(hang)
+    sw = switch_factory(config([free_port, hung.port], "lc", passive={"observe": "off"},
+                               timeouts={"server": "3s"}))
+    conns = []
+    try:
+        for i in range(5):
+            c = Conn(sw.port)
+            c.send(get(f"/r{i}"))
+            conns.append(c)
+        assert wait_for(lambda: hung.connections == 5)  # all five went on, past the budget's 3
+        snap = pool_snap(lt, sw)
+        assert snap["retries"] == 5 and snap["retrying"] == 0
+    finally:
+        for c in conns:
+            rst_close(c)
 
 
 # ---- passive checks ----------------------------------------------------------------------------
