@@ -20,6 +20,8 @@ import os
 import socket
 from collections.abc import Callable
 
+from .flow import FlowControl
+
 FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 # 1 MiB pipes: a sixteenth of the splice calls per MiB of Linux's default 64 KiB pipe; the
 # default /proc/sys/fs/pipe-max-size is also 1 MiB, so an unprivileged process may ask for it.
@@ -163,3 +165,62 @@ class SpliceJob:
 
     def __repr__(self) -> str:
         return f"<SpliceJob moved={self.moved} remaining={self.remaining} in_pipe={self.in_pipe}>"
+
+
+class Splices:
+    """The splice jobs of one exchange (a request body, a response body, or both at once).
+
+    A job starts only once its destination's write buffer has drained, so what Python already
+    holds goes out first (byte order). The exchange's deadline asks ``progressed()``: bytes
+    that cross by splice never pass through Python, so moving jobs are not silence. All jobs
+    are cancelled together when the exchange ends.
+    """
+
+    __slots__ = ("loop", "jobs", "seen")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.jobs: list[SpliceJob] = []
+        self.seen = 0  # bytes the jobs had moved at the last look
+
+    def start(self, src: FlowControl, dst: FlowControl, nbytes: int,
+              on_done: Callable[[int, BaseException | None], None], alive: Callable[[], bool],
+              failed: Callable[[OSError], None]) -> None:
+        """Splice ``nbytes`` from src to dst once dst has drained, unless ``alive()`` says the
+        exchange ended meanwhile; ``failed`` when no job can be made (no fds for a pipe)."""
+        def done(moved: int, error: BaseException | None) -> None:
+            self.jobs = [j for j in self.jobs if not j.finished]
+            on_done(moved, error)
+
+        def go() -> None:
+            if not alive():
+                return
+            try:
+                job = SpliceJob(self.loop, src.transport, dst.transport, nbytes, done)
+            except OSError as exc:  # EMFILE: SpliceJob closed what it had made
+                failed(exc)
+                return
+            self.jobs.append(job)
+            job.start()
+        dst.when_drained(go)
+
+    def progressed(self) -> bool:
+        """Have the jobs moved bytes since the last look?"""
+        if not self.jobs:
+            return False
+        moved = sum(j.moved for j in self.jobs)
+        if moved == self.seen:
+            return False
+        self.seen = moved
+        return True
+
+    def cancel(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for job in jobs:
+            job.cancel()
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs)
+
+    def __repr__(self) -> str:
+        return f"<Splices jobs={len(self.jobs)} moved={sum(j.moved for j in self.jobs)}>"

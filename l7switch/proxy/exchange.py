@@ -40,6 +40,7 @@ import asyncio
 import logging
 import time
 from enum import IntEnum
+from collections.abc import Callable
 from typing import Any
 
 from ..balance.dispatch import Wait, choose, choose_again
@@ -51,7 +52,7 @@ from ..http.framing import response_framing
 from ..http.message import RequestHead, forward_request_head, forward_response_head
 from ..net import flow
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
-from ..net.splice import SpliceJob
+from ..net.splice import Splices
 from ..net.tunnel import Tunnel
 from .body import CHUNK_END, RequestBody
 from .ports import ClientPort
@@ -85,8 +86,8 @@ class Exchange:
     __slots__ = (
         "client", "gen", "state", "head", "pool", "route", "key", "seq", "phase", "server", "cpool",
         "up", "t0", "body", "resendable", "req_done", "req_splice_left", "attempts", "status",
-        "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "jobs",
-        "progress", "tunnel_data", "sticky", "sticky_key", "cookies", "ticket", "retry_slot",
+        "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "splices",
+        "tunnel_data", "sticky", "sticky_key", "cookies", "ticket", "retry_slot",
         "idempotent", "resent",
     )
 
@@ -123,8 +124,7 @@ class Exchange:
         self.resp_close = not head.keep_alive  # the client connection closes after this response
         self.resp_splice_left = 0
         self.to_client: list[bytes] = []
-        self.jobs: list[SpliceJob] = []  # running splice jobs
-        self.progress = 0  # bytes the jobs had moved when the deadline last looked
+        self.splices: Splices | None = None  # once a body crosses by splice
         self.tunnel_data = b""  # client bytes after an Upgrade request, held until the 101
         # Persistence (pools that have it): the server the request names, the table key the
         # choice is recorded under, the Cookie values to forward (None: as is).
@@ -171,9 +171,7 @@ class Exchange:
 
     def dequeued(self, server: Server) -> None:
         """A slot on ``server`` is ours (balance/queue.Waiter)."""
-        ticket, self.ticket = self.ticket, None
-        if ticket is not None:
-            self.state.clock.unwatch(ticket)
+        self._unqueued()
         persist = self.pool.persistence
         if persist is not None:
             persist.after_pick(server, self.sticky_key)
@@ -181,19 +179,22 @@ class Exchange:
 
     def requeue(self) -> None:
         """The server this request waited for went down: it chooses again, as if new."""
-        ticket, self.ticket = self.ticket, None
-        if ticket is not None:
-            self.state.clock.unwatch(ticket)
+        self._unqueued()
         self.start()
 
     def queue_expired(self) -> None:
-        ticket, self.ticket = self.ticket, None
-        if ticket is not None:
-            self.state.clock.unwatch(ticket)
+        ticket = self._unqueued()
         where = f"server '{ticket.server.name}'" if ticket is not None and ticket.server else "a server"
         queue = self.pool.queue
         self.fail(ServiceUnavailable(f"waited {queue.timeout:g}s in pool '{self.pool.name}' queue for {where}",
                                      retry_after=max(1, round(queue.timeout))))
+
+    def _unqueued(self) -> Ticket | None:
+        """Out of the queue (or leaving it): the clock stops watching its ticket."""
+        ticket, self.ticket = self.ticket, None
+        if ticket is not None:
+            self.state.clock.unwatch(ticket)
+        return ticket
 
     def _use(self, server: Server) -> None:
         self.phase = CONNECTING
@@ -346,7 +347,7 @@ class Exchange:
             return
         if body.batch:
             up.writelines(body.take_batch())
-        if self.req_splice_left and not self.req_done and not self.jobs:
+        if self.req_splice_left and not self.req_done and not self.splices:
             self._start_request_splice()
 
     def _start_request_splice(self) -> None:
@@ -493,26 +494,18 @@ class Exchange:
         self.after_upstream_feed()
 
     def _splice_when_drained(self, src: FlowControl, dst: FlowControl, nbytes: int,
-                             on_done: Any) -> None:
+                             on_done: Callable[[int, BaseException | None], None]) -> None:
         """Splice ``nbytes`` from src to dst once dst's write buffer is empty (byte order)."""
-        def done(moved: int, error: BaseException | None) -> None:
-            self.jobs = [j for j in self.jobs if not j.finished]
-            on_done(moved, error)
+        splices = self.splices
+        if splices is None:
+            splices = self.splices = Splices(self.state.loop or asyncio.get_running_loop())
+        # Whatever ended the exchange meanwhile (client gone, server lost) has finished it.
+        splices.start(src, dst, nbytes, on_done, lambda: self.phase != DONE and self.up is not None,
+                      self._cannot_splice)
 
-        def go() -> None:
-            # Whatever ended the exchange meanwhile (client gone, server lost) has finished it.
-            if self.phase == DONE or self.up is None:
-                return
-            try:
-                job = SpliceJob(self.state.loop or asyncio.get_running_loop(), src.transport,
-                                dst.transport, nbytes, done)
-            except OSError as exc:  # no fds left for the pipe (EMFILE): give up on this exchange
-                log.warning("%s: cannot splice: %s", self.request_id, exc)
-                self._abort_both()
-                return
-            self.jobs.append(job)
-            job.start()
-        dst.when_drained(go)
+    def _cannot_splice(self, exc: OSError) -> None:
+        log.warning("%s: cannot splice: %s", self.request_id, exc)  # no fds left for the pipe
+        self._abort_both()
 
     def response_upgraded(self, leftover: bytes) -> None:
         """The server answered 101: both connections become one tunnel."""
@@ -568,13 +561,7 @@ class Exchange:
 
     def spliced_progress(self) -> bool:
         """Have the splice jobs moved bytes since the last look?"""
-        if not self.jobs:
-            return False
-        moved = sum(j.moved for j in self.jobs)
-        if moved == self.progress:
-            return False
-        self.progress = moved
-        return True
+        return self.splices is not None and self.splices.progressed()
 
     def upstream_writable(self, writable: bool) -> None:
         """The server stopped reading what we send (its silence counts from now), or resumed."""
@@ -600,7 +587,7 @@ class Exchange:
         if self.phase == DONE:
             return
         up, self.up = self.up, None
-        if self.jobs:
+        if self.splices:
             return  # the splice job sees the EOF or error itself and reports it
         self.client.flow.unlink()  # nothing to pace against a dead connection
         if self.phase == RELAYING and self.resp_eof:
@@ -663,17 +650,18 @@ class Exchange:
 
     def client_lost(self) -> None:
         """The client went away: cancel everything; the server connection is in doubt."""
-        for job in self.jobs:
-            job.cancel()
-        self.jobs = []
+        if self.splices is not None:
+            self.splices.cancel()
         self._drop_up()
-        ticket, self.ticket = self.ticket, None
-        if ticket is not None:  # it leaves the queue at once
-            self.pool.queue.cancel(ticket)
-            self.state.clock.unwatch(ticket)
+        self._leave_queue()  # at once
         if self.phase != DONE:
             self.phase = DONE
             self._end_server()
+
+    def _leave_queue(self) -> None:
+        ticket = self._unqueued()
+        if ticket is not None:
+            self.pool.queue.cancel(ticket)
 
     def _drop_up(self) -> None:
         """Give up on the server connection (in doubt: never pooled again)."""
@@ -692,15 +680,12 @@ class Exchange:
             return
         complete = self.phase == COMPLETE
         self.phase = DONE
-        for job in self.jobs:
+        if self.splices is not None:
             # A request body still being spliced (the server answered early, or failed): the
-            # job's dup()ed fds would keep both sockets open after their transports close.
-            job.cancel()
-        self.jobs = []
+            # jobs' dup()ed fds would keep both sockets open after their transports close.
+            self.splices.cancel()
         if self.ticket is not None:
-            self.pool.queue.cancel(self.ticket)
-            self.state.clock.unwatch(self.ticket)
-            self.ticket = None
+            self._leave_queue()
         up, self.up = self.up, None
         if up is not None:
             if error is None and complete and self.req_done and self.cpool is not None:
