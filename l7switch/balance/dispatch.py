@@ -65,16 +65,24 @@ def choose(pool: ServerPool, key: str | None, persist: Persistence | None, named
     if server is None:
         return unavailable(pool)
     if queue and server.full:
-        if bound or (key is not None and pool.keyfn is not None):
-            if not pool.queue.is_full or (persist is not None and not persist.redispatch):
-                return Wait(server)
-        other = pool.with_room()
-        if other is None:
-            return Wait(None)
-        server = other
+        return room_for(pool, server, key, persist, bound, table_key)
     if persist is not None:
         persist.after_pick(server, table_key)
     return server
+
+
+def room_for(pool: ServerPool, server: Server, key: str | None, persist: Persistence | None,
+             bound: bool, table_key: str | None) -> Server | Wait:
+    """``server`` was chosen and is at its maxconn: wait for it, take another, or wait for any."""
+    if bound or (key is not None and pool.keyfn is not None):
+        if not pool.queue.is_full or (persist is not None and not persist.redispatch):
+            return Wait(server)
+    other = pool.with_room()
+    if other is None:
+        return Wait(None)
+    if persist is not None:
+        persist.after_pick(other, table_key)
+    return other
 
 
 def choose_again(pool: ServerPool, key: str | None, persist: Persistence | None, named: Server | None,

@@ -43,7 +43,7 @@ from enum import IntEnum
 from collections.abc import Callable
 from typing import Any
 
-from ..balance.dispatch import Wait, choose, choose_again
+from ..balance.dispatch import Wait, choose, choose_again, room_for, unavailable
 from ..balance.pool import ServerPool
 from ..balance.queue import Ticket
 from ..balance.servers import Server
@@ -145,7 +145,8 @@ class Exchange:
             if server is not None and (not server.maxconn or server.inflight < server.maxconn):
                 self._use(server)
                 return
-            choice = choose(self.pool, self.key, None, None, None)
+            choice = (room_for(self.pool, server, self.key, None, False, None) if server is not None
+                      else unavailable(self.pool))
         else:
             self.sticky, self.sticky_key, self.cookies = persist.sticky(self.head.headers,
                                                                         self.client.peer_ip)
