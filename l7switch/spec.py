@@ -176,9 +176,24 @@ class Timeouts:
     connect: float = 5.0  # Envoy cluster connect_timeout default 5s (nginx proxy_connect_timeout: 60s)
     server: float = 60.0  # silence from a server that owes us bytes; nginx proxy_read_timeout 60s
     client: float = 60.0  # silence from a client sending a body or not reading; nginx client_body_timeout 60s
-    header: float = 10.0  # HAProxy "timeout http-request", commonly set to 10s against slowloris
+    header: float = 10.0  # a request head, from accept (or from the previous response) to its end:
+    # HAProxy "timeout http-request", commonly set to 10s against slowloris
+    keepalive: float = 5.0  # idle between requests; HAProxy "timeout http-keep-alive", Apache KeepAliveTimeout 5s
     queue: float = 5.0  # a request waiting for a server slot; HAProxy "timeout queue" defaults to connect
     tunnel: float = 3600.0  # idle Upgrade and passthrough tunnels; HAProxy's documented "timeout tunnel 1h"
+
+
+@dataclass(frozen=True, slots=True)
+class PerClientSpec:
+    """``limits.per_client``: LVS's DoS defences / HAProxy stick-table rules, keyed by the
+    client's address prefix. 0 means no limit of that kind."""
+    connections: int = 0  # open connections per client; over it the new one is closed at once
+    requests_per_second: float = 0.0  # token bucket rate; over it: 429 with Retry-After
+    burst: int = 0  # bucket size; 0: the rate rounded up (one second's worth)
+    netmask: int = 32  # IPv4 prefix length of the key (as source persistence)
+    netmask6: int = 64  # IPv6 prefix length (one subscriber's /64)
+    max_entries: int = 100_000  # LRU-bounded table: a spoofed flood cannot grow memory
+    trusted: tuple[str, ...] = ()  # networks exempt (none by default, not even loopback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +203,13 @@ class Limits:
     max_body_bytes: int | None = None  # unlimited, as HAProxy and Envoy (nginx client_max_body_size: 1m)
     # A server's response head; Envoy's max_response_headers_kb defaults to 60 KiB.
     max_response_header_bytes: int = 65536
+    # Client connections per process; None: derived from the fd limit at start (HAProxy derives
+    # maxconn from ulimit-n the same way), leaving room for server connections and pipes.
+    max_connections: int | None = None
+    per_client: PerClientSpec | None = None
+    # A request body slower than this (bytes/s over a sliding window, after a grace period) gets
+    # 408; Apache mod_reqtimeout's default MinRate=500. 0: off.
+    min_body_rate: int = 500
 
 
 @dataclass(frozen=True, slots=True)

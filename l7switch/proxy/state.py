@@ -83,7 +83,7 @@ class Generation:
 
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
-                 "id_prefix")
+                 "id_prefix", "max_connections")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -100,6 +100,9 @@ class SwitchState:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
         self.requests = 0
+        #: The client connection cap in force (limits.max_connections, or derived from the fd
+        #: limit by the runtime at start); 0 until then: no cap.
+        self.max_connections = 0
         # Request ids: this process's random prefix + a counter, unique across restarts and
         # workers without coordination (nginx's $request_id is 32 random hex digits).
         self.id_prefix = os.urandom(3).hex()
