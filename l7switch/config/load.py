@@ -22,6 +22,7 @@ from ..balance.schedulers import SCHEDULERS
 from ..errors import ConfigError, ConfigIssue
 from ..spec import Config, Limits, PoolSpec, ServerSpec, SpliceSpec, Timeouts, UpstreamSpec
 from . import health
+from . import protect
 from .listen import Listen, check_pool_use, parse_listen
 from .matches import parse_rules
 from .persist import check_cookie_names, parse_persistence, server_cookie
@@ -331,9 +332,15 @@ def _limits(node: Node, issues: Issues) -> Limits:
     limits = record(node, issues, "limits", Limits, {
         "max_header_bytes": size, "max_body_bytes": body, "max_response_header_bytes": size,
         "max_headers": lambda n, p, i: integer(n, p, i, minimum=1),
+        "max_connections": protect.max_connections, "per_client": protect.per_client,
+        "min_body_rate": protect.min_body_rate,
     })
     if limits.max_body_bytes is _UNLIMITED:
         limits = dataclasses.replace(limits, max_body_bytes=None)
+    if limits.max_connections is protect.AUTO:
+        limits = dataclasses.replace(limits, max_connections=None)
+    if limits.per_client is protect.OFF:
+        limits = dataclasses.replace(limits, per_client=None)
     return limits
 
 

@@ -68,7 +68,7 @@ def _domain(node: Node, path: str, issues: Issues) -> str | None:
     return value
 
 
-def _netmask(bits: int) -> Reader:
+def netmask_reader(bits: int) -> Reader:
     """A prefix length 0..bits; for IPv4 also a dotted mask ("255.255.255.0"), as ipvsadm -M."""
     def read(node: Node, path: str, issues: Issues) -> int | None:
         value = text(node, path, issues, "a prefix length")
@@ -95,7 +95,7 @@ _TABLE: dict[str, Reader] = {"timeout": duration,
 READERS: dict[str, dict[str, Reader]] = {
     "cookie": {"name": _cookie_name, "mode": _mode, "secure": boolean, "httponly": boolean,
                "max_age": _max_age, "domain": _domain, **_COMMON},
-    "source": {**_TABLE, "netmask": _netmask(32), "netmask6": _netmask(128), **_COMMON},
+    "source": {**_TABLE, "netmask": netmask_reader(32), "netmask6": netmask_reader(128), **_COMMON},
     "ssl_session": {**_TABLE, **_COMMON},
 }
 # Spec field for each option where the names differ.
