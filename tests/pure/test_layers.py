@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("spec", "errors", "units", "version"),
     ("http",),
     ("balance", "net"),
+    ("guard",),  # per-client limits: keys are balance/persistence.source_key
     ("config",),
     ("proxy", "checks"),
     ("passthrough",),
