@@ -52,6 +52,15 @@ class HeadersTooLarge(L7Error):
     public = True
 
 
+class TooManyRequests(L7Error):
+    """Over the client's request rate (``limits.per_client``; RFC 6585 §4), with Retry-After.
+    The request was read in full, so the connection stays open (framing is sound)."""
+
+    status, reason = 429, "Too Many Requests"
+    close = False
+    public = True
+
+
 # ---- server side (a real server failed us) -----------------------------------------------------
 
 class BadGateway(L7Error):

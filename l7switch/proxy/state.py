@@ -7,13 +7,16 @@ generation current) never changes the rules under a request in flight.
 
 ``SwitchState``: process-wide — the deadline clock, the client connections, the persistence
 tables, the tasks of connects in flight, a request counter for request ids, the draining flag,
-and the current generation. The runtime (runtime/switch.py) owns it; connections read it.
+the current generation, and self-protection: the connection cap (the runtime's ``Accept`` pauses
+the listeners at it) and the per-client table (guard/clients.py). The runtime
+(runtime/switch.py) owns it; connections read it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -22,6 +25,8 @@ from ..balance.build import build_pools
 from ..balance.pool import ServerPool
 from ..balance.servers import Server
 from ..balance.store import Tables
+from ..errors import TooManyRequests
+from ..guard.clients import ClientTable
 from ..http.rules import Router
 from ..net.clock import Clock, tick_for
 from ..spec import Config
@@ -40,6 +45,25 @@ class Client(Protocol):
     def abort(self) -> None: ...
 
     def snapshot(self) -> dict[str, Any]: ...
+
+
+class Accept(Protocol):
+    """The listeners, as the connection cap sees them (runtime/listeners.py): stop accepting at
+    the cap (pending connections wait in the kernel's backlog), accept again below it."""
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
+#: The listeners accept again once the clients are down to this share of the cap: a gap between
+#: the two marks keeps a busy switch from pausing and resuming on every connection (HAProxy
+#: resumes its listeners as soon as one slot is free, but pays less for a pause than a listen()).
+RESUME_AT = 0.9
+#: Above this share of the cap, idle keep-alive connections are closed first, oldest first, to
+#: make room before the cap is reached (the issue's figure; nginx closes keep-alive connections
+#: when worker_connections run short).
+CROWDED_AT = 0.8
 
 
 class Generation:
@@ -83,7 +107,7 @@ class Generation:
 
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
-                 "id_prefix", "max_connections")
+                 "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -103,6 +127,14 @@ class SwitchState:
         #: The client connection cap in force (limits.max_connections, or derived from the fd
         #: limit by the runtime at start); 0 until then: no cap.
         self.max_connections = 0
+        self.crowded_at = 0  # clients at which connection_made calls crowded(); 0: never
+        self.resume_at = 0  # the listeners resume at or below this many clients
+        self.paused = False  # the listeners stopped accepting at the cap
+        self.accept: Accept | None = None  # installed by the runtime with its listeners
+        per_client = config.limits.per_client
+        #: Per-client limits (None: off): process-wide, like the persistence tables, so a
+        #: reload keeps each client's counts.
+        self.guard = ClientTable(per_client) if per_client is not None else None
         # Request ids: this process's random prefix + a counter, unique across restarts and
         # workers without coordination (nginx's $request_id is 32 random hex digits).
         self.id_prefix = os.urandom(3).hex()
@@ -113,6 +145,67 @@ class SwitchState:
 
     def request_id(self, seq: int) -> str:
         return f"{self.id_prefix}{seq:010x}"
+
+    # ---- the connection cap (connection_made and connection_lost test the marks inline) ----------
+    def set_cap(self, cap: int) -> None:
+        """Cap client connections at ``cap`` (0: no cap)."""
+        self.max_connections = cap
+        self.crowded_at = max(1, int(cap * CROWDED_AT)) if cap else 0
+        self.resume_at = min(int(cap * RESUME_AT), cap - 1) if cap else 0
+
+    def crowded(self) -> None:
+        """A client connection was made with the clients at or above CROWDED_AT of the cap."""
+        # TODO(timeouts branch): close idle keep-alive connections first, oldest first, to make
+        # room before the cap: the call goes here, e.g.
+        #     self.evict_idle(len(self.clients) - self.crowded_at + 1)
+        if len(self.clients) >= self.max_connections and not self.paused:
+            self.paused = True
+            log.warning("connection cap reached: %d client connections (limits.max_connections); "
+                        "not accepting until %d", len(self.clients), self.resume_at)
+            if self.accept is not None:
+                self.accept.pause()
+
+    def uncrowded(self) -> None:
+        """The clients are down to resume_at while the listeners are paused."""
+        self.paused = False
+        log.warning("connection cap cleared: %d client connections; accepting again", len(self.clients))
+        if self.accept is not None:
+            self.accept.resume()
+
+    # ---- per-client limits ------------------------------------------------------------------------
+    def client_refused(self, ip: str, key: str) -> None:
+        """A connection from ``ip`` was over its client's limit (closed by the caller): logged at
+        most once a second, with how many were not."""
+        guard = self.guard
+        assert guard is not None
+        skipped = guard.log_due("connections")
+        if skipped is not None:
+            more = f" (and {skipped} more refused since the last line)" if skipped else ""
+            log.warning("per-client limit: connection from %s closed: %s has %d open (limits.per_client."
+                        "connections)%s", ip, key, guard.max_conns, more)
+
+    def rate_check(self, key: str, ip: str) -> TooManyRequests | None:
+        """A request from client ``key``: None to pass, or the 429 to answer it with."""
+        guard = self.guard
+        assert guard is not None
+        wait = guard.request(key)
+        if not wait:
+            return None
+        skipped = guard.log_due("rate")
+        if skipped is not None:
+            more = f" (and {skipped} more since the last line)" if skipped else ""
+            log.warning("per-client limit: 429 to %s: %s over %g requests/s (limits.per_client)%s",
+                        ip, key, guard.rate, more)
+        # Retry-After is whole seconds (RFC 9110 §10.2.3): round up, never 0.
+        return TooManyRequests(f"over {guard.rate:g} requests per second", retry_after=max(1, math.ceil(wait)))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The self-protection part of Switch.snapshot()."""
+        snap: dict[str, Any] = {"clients": len(self.clients), "max_connections": self.max_connections,
+                                "accepting": not self.paused}
+        if self.guard is not None:
+            snap["per_client"] = self.guard.snapshot()
+        return snap
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self.loop is not None

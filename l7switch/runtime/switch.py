@@ -26,15 +26,18 @@ from ..passthrough.connection import PassthroughConnection
 from ..proxy.frontend import ClientConnection
 from ..proxy.state import Generation, SwitchState
 from ..spec import Config, ListenerSpec
+from .listeners import Listener, Listeners
 
 log = logging.getLogger("l7switch")
 
 # How long a graceful stop waits for in-flight requests (HAProxy's hard-stop-after has no
 # default; 30 s matches Kubernetes' default termination grace period).
 DEFAULT_GRACE = 30.0
-# listen(2) backlog; HAProxy's default maxconn-derived backlog is in this range, and the
-# kernel caps it at net.core.somaxconn anyway.
-BACKLOG = 4096
+# fds the switch needs besides client and server connections, for the derived connection cap:
+# listening sockets, the loop's own (epoll, signal pipe, libuv's spare fd for EMFILE), health
+# checks and agents, log files, a small pool of splice pipes. HAProxy reserves similarly when it
+# derives maxconn from ulimit-n (global.maxsock = maxconn * 2 + listeners + checks + pipes).
+FD_RESERVE = 256
 
 
 # How often pools look at time-driven state: ejections that end, slow start's ramp, queued
@@ -67,7 +70,8 @@ class Switch:
         self.state = SwitchState(config, tables)
         self.state.clock.watch(TableSweep(self.state.tables, time.monotonic()))
         self.state.clock.watch(PoolTick(self.state, time.monotonic()))
-        self.listeners: list[asyncio.Server] = []
+        self.accept = Listeners()  # pauses and resumes at the connection cap (proxy/state.Accept)
+        self._closed_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         # Active checks and agents; results go to the current generation's pools, so a reload
         # swaps pools under running checks.
@@ -101,22 +105,30 @@ class Switch:
         self.state.loop = loop
         try:
             for spec in self.config.listeners:
-                listener = await self._listen(loop, spec)
-                self.listeners.append(listener)
-                for sock in listener.sockets:
-                    self.addresses.append(sock.getsockname()[:2])
+                for listener in await self._listen(spec):
+                    self.addresses.append(listener.sock.getsockname()[:2])
         except BaseException:
-            for listener in self.listeners:
-                listener.close()
-            self.listeners.clear()
+            self.accept.close()
+            self.accept = Listeners()
             raise
+        self._set_cap()
+        self.state.accept = self.accept
         self.state.clock.start()
         self.state.current.defer_builds(self.defer_build)
         if needs_checker(self.config.pools):
             self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
             self.checker.start(self.config.pools)
 
-    async def _listen(self, loop: asyncio.AbstractEventLoop, lst: ListenerSpec) -> asyncio.Server:
+    def _set_cap(self) -> None:
+        cap = self.config.limits.max_connections
+        if cap is None:
+            nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            cap = derived_cap(nofile, self.config)
+            log.info("connection cap %d, derived from the fd limit %d (limits.max_connections: auto)",
+                     cap, nofile)
+        self.state.set_cap(cap)
+
+    async def _listen(self, lst: ListenerSpec) -> list[Listener]:
         state = self.state
         factory: Callable[[], asyncio.Protocol]
         tls: dict[str, Any] = {}
@@ -129,8 +141,7 @@ class Switch:
                 # the header timeout, as the request head must (slowloris on the handshake).
                 tls = {"ssl": server_context(lst.tls), "ssl_handshake_timeout": self.config.timeouts.header}
         try:
-            return await loop.create_server(factory, lst.host, lst.port, backlog=BACKLOG,
-                                            reuse_address=True, **tls)
+            return await self.accept.open(lst.host, lst.port, factory, tls)
         except OSError as exc:
             raise ListenError(f"cannot listen on {lst.address}: {_why(exc)}") from None
 
@@ -162,8 +173,7 @@ class Switch:
         state.draining = True
         if self.checker is not None:
             await self.checker.stop()
-        for listener in self.listeners:
-            listener.close()
+        self._closed_servers = self.accept.close()
         for client in list(state.clients):
             client.shutdown()
         deadline = time.monotonic() + grace
@@ -173,8 +183,8 @@ class Switch:
             client.abort()
         state.current.close()
         state.clock.stop()
-        for listener in self.listeners:
-            await listener.wait_closed()
+        for server in self._closed_servers:
+            await server.wait_closed()
 
     def snapshot(self, connections: bool = False) -> dict[str, Any]:
         """The one view of live state that tests, the admin CLI and the monitor read.
@@ -183,6 +193,7 @@ class Switch:
             "listeners": [f"{h}:{p}" for h, p in self.addresses],
             "clients": len(self.state.clients),
             "requests": self.state.requests,
+            "protection": {**self.state.snapshot(), **self.accept.snapshot()},
             **self.state.current.snapshot(),
         }
         if self.checker is not None:
@@ -201,6 +212,19 @@ def _why(exc: OSError) -> str:
         return os.strerror(exc.errno).lower()
     text = str(exc)
     return text.rpartition("): ")[2] or text  # uvloop: "error while attempting to bind on address (...): ..."
+
+
+def derived_cap(nofile: int, config: Config) -> int:
+    """``limits.max_connections: auto``: (nofile - FD_RESERVE - idle server connections) // 2.
+
+    Each client connection may hold a server connection too (a spliced body or tunnel borrows a
+    pipe from a small pool, and falls back to copying when none is free, so it needs no more);
+    the idle keep-alive connections the upstream pools may keep (upstream.max_idle per server)
+    hold fds without a client. HAProxy derives maxconn from ulimit-n the same way, about
+    (ulimit-n - reserved) / 2. Never less than a quarter of the fds."""
+    servers = sum(len(p.servers) + len(p.backup) for p in config.pools.values())
+    room = nofile - FD_RESERVE - config.upstream.max_idle * servers
+    return max(room // 2, nofile // 4, 1)
 
 
 def raise_fd_limit() -> int:
