@@ -56,7 +56,7 @@ class PassthroughConnection(asyncio.Protocol):
 
     __slots__ = ("switch", "listener", "transport", "flow", "peer_ip", "deadline", "phase", "reader",
                  "pool", "server", "persist", "named", "sticky_key", "key", "attempts", "up", "pending",
-                 "server_reader", "eof_early", "tunnel", "closed")
+                 "server_reader", "eof_early", "tunnel", "closed", "guard_key")
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec) -> None:
         self.switch = switch
@@ -80,6 +80,7 @@ class PassthroughConnection(asyncio.Protocol):
         self.eof_early = False  # the client half-closed before the server connection was up
         self.tunnel: Tunnel | None = None
         self.closed = False
+        self.guard_key: str | None = None  # counted under this per-client key (limits.per_client)
 
     # ---- asyncio.Protocol (client side) --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,7 +88,22 @@ class PassthroughConnection(asyncio.Protocol):
         self.flow = FlowControl(t)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        self.switch.clients.add(self)
+        sw = self.switch
+        guard = sw.guard
+        if guard is not None:
+            key = guard.key(self.peer_ip)
+            if key is not None:
+                if not guard.connect(key):
+                    # Over its client's connection limit: closed before its hello is read.
+                    self.phase = CLOSED
+                    t.close()
+                    sw.client_refused(self.peer_ip, key)
+                    return
+                self.guard_key = key
+        clients = sw.clients
+        clients.add(self)
+        if len(clients) >= sw.crowded_at > 0:
+            sw.crowded()  # near or at the connection cap (proxy/state.py)
         if self.switch.draining:
             self.close()
             return
@@ -128,8 +144,15 @@ class PassthroughConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.phase = CLOSED
-        self.switch.clock.unwatch(self)
-        self.switch.clients.discard(self)
+        sw = self.switch
+        sw.clock.unwatch(self)
+        clients = sw.clients
+        clients.discard(self)
+        if sw.paused and len(clients) <= sw.resume_at:
+            sw.uncrowded()
+        key, self.guard_key = self.guard_key, None
+        if key is not None and sw.guard is not None:
+            sw.guard.disconnect(key)
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.lost(exc)

@@ -88,7 +88,7 @@ class Exchange:
         "up", "t0", "body", "resendable", "req_done", "req_splice_left", "attempts", "status",
         "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "splices",
         "tunnel_data", "sticky", "sticky_key", "cookies", "ticket", "retry_slot",
-        "idempotent", "resent",
+        "idempotent", "resent", "refusal",
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
@@ -131,6 +131,8 @@ class Exchange:
         self.sticky: Server | None = None
         self.sticky_key: str | None = None
         self.cookies: list[bytes] | None = None
+        #: Answered with this instead when its turn comes (429: over the client's request rate).
+        self.refusal: L7Error | None = None
 
     @property
     def request_id(self) -> str:
@@ -139,6 +141,11 @@ class Exchange:
     # ---- choosing a server and connecting ------------------------------------------------------
     def start(self) -> None:
         """Its turn on the client connection: choose a server and get a connection to it."""
+        if self.refusal is not None:
+            # Answered in order like any other; not logged here (the guard paces those lines).
+            # An Upgrade's bytes after its head would be read as HTTP: close after it.
+            self._finish(self.refusal, not self.req_done or self.resp_close or self.head.upgrade is not None)
+            return
         persist = self.pool.persistence
         if persist is None:
             server = self.pool.pick(self.key)  # (dispatch.choose without persistence, inlined)

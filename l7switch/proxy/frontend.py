@@ -52,7 +52,7 @@ class ClientConnection(asyncio.Protocol):
         "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed", "closing_after",
         "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "feeding", "tls",
-        "skip_head", "resume_body",
+        "skip_head", "resume_body", "guard_key",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
@@ -83,6 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self.tls = False  # TLS terminated here: the socket carries ciphertext, so nothing splices it
         self.skip_head = False  # the parser reads a head we made up (see _resume_body)
         self.resume_body: Exchange | None = None  # an ignored Upgrade whose body llhttp skipped
+        self.guard_key: str | None = None  # counted under this per-client key (limits.per_client)
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -92,10 +93,26 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if peer else ""
         if transport.get_extra_info("ssl_object") is not None:
             self.tls, self.proto = True, b"https"
-        self.deadline = time.monotonic() + self.switch.current.timeouts.client
-        self.switch.clock.watch(self)
-        self.switch.clients.add(self)
-        if self.switch.draining:
+        sw = self.switch
+        guard = sw.guard
+        if guard is not None:
+            key = guard.key(self.peer_ip)
+            if key is not None:
+                if not guard.connect(key):
+                    # Over its client's connection limit: closed before a byte is read, and
+                    # never counted (LVS drops, HAProxy "tcp-request connection reject").
+                    self.closed = True
+                    t.close()
+                    sw.client_refused(self.peer_ip, key)
+                    return
+                self.guard_key = key
+        self.deadline = time.monotonic() + sw.current.timeouts.client
+        sw.clock.watch(self)
+        clients = sw.clients
+        clients.add(self)
+        if len(clients) >= sw.crowded_at > 0:
+            sw.crowded()  # near or at the connection cap (proxy/state.py)
+        if sw.draining:
             self.closing_after = True
 
     def data_received(self, data: bytes) -> None:
@@ -226,8 +243,15 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.parser = CLOSED_PARSER
-        self.switch.clock.unwatch(self)
-        self.switch.clients.discard(self)
+        sw = self.switch
+        sw.clock.unwatch(self)
+        clients = sw.clients
+        clients.discard(self)
+        if sw.paused and len(clients) <= sw.resume_at:
+            sw.uncrowded()
+        key, self.guard_key = self.guard_key, None
+        if key is not None and sw.guard is not None:
+            sw.guard.disconnect(key)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.lost(exc)
@@ -312,6 +336,8 @@ class ClientConnection(asyncio.Protocol):
         pool = gen.pools[pool_name]
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
         ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key)
+        if self.guard_key is not None:
+            ex.refusal = self.switch.rate_check(self.guard_key, self.peer_ip)  # 429 over the client's rate
         self.receiving = ex
         if ex.body is not None:
             if upgrade and head.upgrade is None:
