@@ -240,3 +240,35 @@ def _passthrough_limit(o: TLSOrigin, switch_factory) -> None:
         assert protection(sw)["per_client"]["refused_connections"] == 1
     finally:
         held.close()
+
+
+def test_out_of_fds_on_resume_pauses_briefly_and_retries(proxy, lt, caplog) -> None:
+    import errno
+
+    from l7switch.runtime import listeners
+    caplog.set_level(logging.INFO, logger="l7switch")
+    sw, _ = proxy("limits: {max_connections: 1}\n")
+    accept = sw.accept
+    real = accept._serve
+    failures = [0]
+
+    async def emfile_twice(lst):
+        if failures[0] < 2:
+            failures[0] += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await real(lst)
+
+    a = Conn(sw.port)
+    try:
+        assert served(a) == 200
+        assert wait_for(lambda: not protection(sw)["accepting"])
+        accept._serve = emfile_twice  # the dup() of the resume fails twice
+        a.close()
+        t0 = time.monotonic()
+        with Conn(sw.port, timeout=5) as b:  # waits in the backlog through both retries
+            assert served(b) == 200
+        assert failures[0] == 2 and time.monotonic() - t0 >= 2 * listeners.RETRY * 0.9
+        assert lines(caplog, "out of file descriptors") == 1  # at most one line a second
+    finally:
+        accept._serve = real
+        a.close()
