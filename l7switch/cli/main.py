@@ -14,6 +14,7 @@ from ..version import __version__
 from ..balance.build import explain_choice
 from ..config import load_config
 from ..errors import ConfigError
+from ..guard.clients import describe
 from ..http.rules import RequestView, Router
 from ..spec import Config
 
@@ -64,6 +65,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(router.explain(view, config.pools))
     _, pool = router.route(view)
     print("\n".join(explain_choice(config.pools[pool], view, args.client)))
+    if config.limits.per_client is not None:
+        # From the file alone: the client's key and its limits (whether it is limited now needs
+        # the live switch's table: later, through the admin socket).
+        print("\n".join(describe(None, config.limits.per_client, args.client)))
     return 0
 
 
@@ -111,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("-H", "--header", dest="headers", action="append", type=_header, default=[],
                          metavar="'Name: value'", help="a request header (repeatable)")
     explain.add_argument("--client", default="127.0.0.1", metavar="ADDR",
-                         help="client address, for hash_key: source (default 127.0.0.1)")
+                         help="client address, for hash_key: source and per-client limits (default 127.0.0.1)")
     explain.set_defaults(func=cmd_explain)
 
     demo = sub.add_parser("demo", help="start a switch with demo origin servers")

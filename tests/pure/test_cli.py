@@ -165,3 +165,16 @@ def test_explain_shows_eligible_servers_and_why_not(tmp_path: Path) -> None:
     assert "passive checks: layer4, 5 consecutive errors mark a server down" in out
     assert "retries: 1 (to another server, when safe; budget 20%)" in out
     assert "slow start: 30s" in out
+
+
+def test_explain_tells_the_per_client_limits_for_the_client(tmp_path: Path) -> None:
+    f = tmp_path / "pc.yaml"
+    f.write_text("listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:1]}}\ndefault_pool: p\n"
+                 "limits: {per_client: {connections: 10, requests_per_second: 5, netmask: 24, "
+                 "trusted: [10.0.0.0/8]}}\n")
+    r = l7("explain", str(f), "/", "--client", "192.0.2.7")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == ("per-client limits: 10 connections, 5 requests/s (burst 5) "
+                                         "per 192.0.2.0/24 (netmask 24/64)")
+    r = l7("explain", str(f), "/", "--client", "10.2.3.4")
+    assert r.stdout.splitlines()[-1] == "per-client limits: 10.2.3.4 is in a trusted network: not limited"
