@@ -172,6 +172,8 @@ class SwitchState:
     def uncrowded(self) -> None:
         """The clients are down to resume_at while the listeners are paused."""
         self.paused = False
+        if self.draining:
+            return  # stopping: the listeners are closed for good
         log.warning("connection cap cleared: %d client connections; accepting again", len(self.clients))
         if self.accept is not None:
             self.accept.resume()

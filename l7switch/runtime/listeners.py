@@ -146,10 +146,10 @@ class Listeners:
     async def _reopen(self, lst: Listener) -> None:
         try:
             server = await self._serve(lst)
-        except OSError as exc:
+        except Exception as exc:  # never an unretrieved task exception; try again shortly
             lst.opening = False
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                log.error("listener %s cannot accept again: %s", lst.name, exc)
+            if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+                log.error("listener %s cannot accept again: %r; retrying", lst.name, exc)
             self.out_of_fds(exc)
             return
         lst.opening = False
@@ -158,10 +158,10 @@ class Listeners:
         else:
             lst.server = server
 
-    def out_of_fds(self, exc: OSError) -> None:
+    def out_of_fds(self, exc: Exception) -> None:
         """No fd for accepting: stop for RETRY, then try again; logged at most once a second."""
         now = time.monotonic()
-        if now >= self._log_next:
+        if now >= self._log_next and isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
             self._log_next = now + LOG_EVERY
             log.warning("out of file descriptors (%s): not accepting for %d ms", exc.strerror or exc,
                         RETRY * 1000)
