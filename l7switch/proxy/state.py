@@ -208,7 +208,7 @@ class SwitchState:
     def snapshot(self) -> dict[str, Any]:
         """The self-protection part of Switch.snapshot()."""
         snap: dict[str, Any] = {"clients": len(self.clients), "max_connections": self.max_connections,
-                                "accepting": not self.paused}
+                                "at_cap": self.paused}
         if self.guard is not None:
             snap["per_client"] = self.guard.snapshot()
         return snap
