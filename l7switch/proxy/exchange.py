@@ -47,11 +47,12 @@ from ..balance.dispatch import Wait, choose, choose_again, room_for, unavailable
 from ..balance.pool import ServerPool
 from ..balance.queue import Ticket
 from ..balance.servers import Server
-from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
+from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
 from ..http.framing import response_framing
 from ..http.message import RequestHead, forward_request_head, forward_response_head
 from ..net import flow
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
+from ..net.ratelog import fd_log
 from ..net.splice import Splices
 from ..net.tunnel import Tunnel
 from .body import CHUNK_END, RequestBody
@@ -222,6 +223,10 @@ class Exchange:
     def _connect_failed(self, err: L7Error, refused: bool) -> None:
         assert self.cpool is not None
         server = self.cpool.server  # (self.server is None if the client left meanwhile)
+        if isinstance(err, OutOfDescriptors):
+            # Our fds ran out, not the server: no failure against it, no other server tried.
+            self.fail(err)  # (nothing if the client left meanwhile)
+            return
         server.failures += 1
         self.pool.failed(server, err.detail)
         if self.phase == DONE:
@@ -645,8 +650,12 @@ class Exchange:
             return
         self.to_client.clear()
         rid = self.request_id
-        log.log(logging.WARNING if err.status >= 500 else logging.INFO, "%s %d %s %s (%s): %s", rid,
-                err.status, self.head.method.decode("latin-1"), self.head.path, self.route, err.detail)
+        level = logging.WARNING if err.status >= 500 else logging.INFO
+        args = (rid, err.status, self.head.method.decode("latin-1"), self.head.path, self.route, err.detail)
+        if isinstance(err, OutOfDescriptors):
+            fd_log.log(level, "%s %d %s %s (%s): %s", *args)  # at most one a second
+        else:
+            log.log(level, "%s %d %s %s (%s): %s", *args)
         self._finish(err, err.close or not self.req_done or self.resp_close)
 
     def client_lost(self) -> None:
