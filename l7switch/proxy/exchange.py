@@ -368,7 +368,15 @@ class Exchange:
         self.client.flow.pause_reading(flow.SPLICING)
         if body.batch:
             up.writelines(body.take_batch())
-        self._splice_when_drained(self.client.flow, up.flow, left, self._request_spliced)
+        self._splice_when_drained(self.client.flow, up.flow, left, self._request_spliced,
+                                  self._request_unspliced)
+
+    def _request_unspliced(self) -> None:
+        """The splice could not start (nothing moved): the body goes on through the parser."""
+        if self.req_done or not self.req_splice_left:
+            return
+        self.req_splice_left = 0  # (after_client_feed will not retry)
+        self.client.flow.resume_reading(flow.SPLICING)
 
     def _request_spliced(self, moved: int, error: BaseException | None) -> None:
         assert self.body is not None
@@ -487,7 +495,16 @@ class Exchange:
         self.resp_splice_left = 0
         self.phase = SPLICING
         up.flow.pause_reading(flow.SPLICING)
-        self._splice_when_drained(up.flow, self.client.flow, left, self._response_spliced)
+        self._splice_when_drained(up.flow, self.client.flow, left, self._response_spliced,
+                                  self._response_unspliced)
+
+    def _response_unspliced(self) -> None:
+        """The splice could not start (nothing moved): the body goes on through Python, parsed."""
+        up = self.up
+        if up is None or up.flow is None or self.phase != SPLICING:
+            return
+        self.phase = RELAYING  # (resp_splice_left is 0: after_upstream_feed will not retry)
+        up.flow.resume_reading(flow.SPLICING)
 
     def _response_spliced(self, moved: int, error: BaseException | None) -> None:
         up = self.up
@@ -500,18 +517,17 @@ class Exchange:
         self.after_upstream_feed()
 
     def _splice_when_drained(self, src: FlowControl, dst: FlowControl, nbytes: int,
-                             on_done: Callable[[int, BaseException | None], None]) -> None:
-        """Splice ``nbytes`` from src to dst once dst's write buffer is empty (byte order)."""
+                             on_done: Callable[[int, BaseException | None], None],
+                             refused: Callable[[], None]) -> None:
+        """Splice ``nbytes`` from src to dst once dst's write buffer is empty (byte order);
+        ``refused()`` if the job cannot start. (Short of pipes or fds, a started job copies
+        through Python itself, counting the same bytes: the message boundary does not move.)"""
         splices = self.splices
         if splices is None:
             splices = self.splices = Splices(self.state.loop or asyncio.get_running_loop())
         # Whatever ended the exchange meanwhile (client gone, server lost) has finished it.
         splices.start(src, dst, nbytes, on_done, lambda: self.phase != DONE and self.up is not None,
-                      self._cannot_splice)
-
-    def _cannot_splice(self, exc: OSError) -> None:
-        log.warning("%s: cannot splice: %s", self.request_id, exc)  # no fds left for the pipe
-        self._abort_both()
+                      refused)
 
     def response_upgraded(self, leftover: bytes) -> None:
         """The server answered 101: both connections become one tunnel."""
@@ -677,6 +693,8 @@ class Exchange:
         """Give up on the server connection (in doubt: never pooled again)."""
         up, self.up = self.up, None
         if up is not None:
+            if self.splices is not None:
+                self.splices.cancel()  # out of the splice poller before the socket closes
             self.client.flow.unlink()
             up.close()
 
@@ -691,8 +709,8 @@ class Exchange:
         complete = self.phase == COMPLETE
         self.phase = DONE
         if self.splices is not None:
-            # A request body still being spliced (the server answered early, or failed): the
-            # jobs' dup()ed fds would keep both sockets open after their transports close.
+            # A request body still being spliced (the server answered early, or failed): its
+            # job leaves the splice poller before the transports close or resume.
             self.splices.cancel()
         if self.ticket is not None:
             self._leave_queue()
