@@ -77,6 +77,12 @@ class ServiceUnavailable(L7Error):
     close = False
 
 
+class OutOfDescriptors(ServiceUnavailable):
+    """No fd for the server connection: this process (EMFILE) or host (ENFILE) is out of them.
+    The server is not at fault — the failure is neither counted against it nor retried on
+    another server (which would fail alike) — and the log line is rate-limited."""
+
+
 class GatewayTimeout(L7Error):
     """Connect or response-head deadline passed (``timeouts.connect`` / ``timeouts.server``)."""
 

@@ -7,10 +7,12 @@ protocols on either end forward asyncio's callbacks here while the tunnel owns t
 Two ways to move bytes:
 - **relay**: each side writes what it reads to the other through Python; the two FlowControls
   are linked, so a full write buffer on one side pauses reading on the other.
-- **splice**: both directions cross by ``SpliceJob`` (splice.py) on duplicated fds, never entering
-  Python. The hand-off: pause both transports, let what Python already holds drain (byte order),
-  then start one job per direction that has not ended. Only for plain TCP on both sides: a TLS
-  socket carries ciphertext, which must cross Python to be decrypted or encrypted.
+- **splice**: both directions cross by ``SpliceJob`` (splice.py) on the transports' own fds,
+  never entering Python (a job copies a chunk through Python only when no pipe is free). The
+  hand-off: pause both transports, let what Python already holds drain (byte order), then start
+  one job per direction that has not ended. Only for plain TCP on both sides: a TLS socket
+  carries ciphertext, which must cross Python to be decrypted or encrypted. Should the jobs
+  not start at all (epoll refusing the fds), the tunnel relays instead.
 
 Half-close is passed on: an EOF from one side becomes shutdown(SHUT_WR) towards the other (a
 server may still answer after the client's FIN); a side that cannot half-close (TLS, which has
@@ -95,17 +97,26 @@ class Tunnel:
                 flow.when_drained(self._splice_when_drained)
                 return
         c, s = self.client.transport, self.server.transport
+        jobs: list[SpliceJob] = []
         try:
             # A direction whose EOF already went by in Python has nothing left to splice.
             if not self.done & TO_SERVER:
-                self.jobs.append(SpliceJob(self.loop, c, s, None, self._job_done(TO_SERVER)))
+                jobs.append(SpliceJob(self.loop, c, s, None, self._job_done(TO_SERVER)))
             if not self.done & TO_CLIENT:
-                self.jobs.append(SpliceJob(self.loop, s, c, None, self._job_done(TO_CLIENT)))
-        except OSError:
-            self.abort()  # no fds for the jobs (EMFILE): SpliceJob closed what it had made
+                jobs.append(SpliceJob(self.loop, s, c, None, self._job_done(TO_CLIENT)))
+        except OSError:  # a transport without its socket: closing, its connection_lost ends us
             return
-        for job in list(self.jobs):
-            job.start()
+        # Both registered before either moves a byte, so a refusal can still go back to relay.
+        for i, job in enumerate(jobs):
+            if not job.watch():
+                for started in jobs[:i]:
+                    started.cancel()
+                self.splicing = False
+                self.relay()
+                return
+        self.jobs = jobs
+        for job in jobs:
+            job.pump()
 
     def _job_done(self, direction: int) -> Callable[[int, BaseException | None], None]:
         def done(moved: int, error: BaseException | None) -> None:

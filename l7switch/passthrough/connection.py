@@ -30,6 +30,7 @@ from ..balance.persistence import Persistence
 from ..balance.pool import ServerPool
 from ..balance.servers import Server
 from ..net.flow import WAITING, FlowControl
+from ..net.ratelog import fd_exhausted, fd_log
 from ..net.tunnel import TO_CLIENT, TO_SERVER, Tunnel
 from ..proxy.state import SwitchState
 from ..spec import ListenerSpec
@@ -233,6 +234,15 @@ class PassthroughConnection(asyncio.Protocol):
             tunnel.relay()
 
     def connect_failed(self, server: Server, exc: BaseException) -> None:
+        if fd_exhausted(exc):
+            # Our fds ran out, not the server: no failure against it, no other server tried
+            # (it would fail alike), and one log line a second at most.
+            self.release()
+            fd_log.warning("passthrough %s: connect to %s: %s", self.peer_ip, server.address,
+                           getattr(exc, "strerror", exc))
+            if not self.closed:
+                self.refuse("out of file descriptors", ALERT_INTERNAL_ERROR)
+            return
         server.failures += 1
         if self.closed:
             return

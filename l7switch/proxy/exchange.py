@@ -47,11 +47,12 @@ from ..balance.dispatch import Wait, choose, choose_again, room_for, unavailable
 from ..balance.pool import ServerPool
 from ..balance.queue import Ticket
 from ..balance.servers import Server
-from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
+from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
 from ..http.framing import response_framing
 from ..http.message import RequestHead, forward_request_head, forward_response_head
 from ..net import flow
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
+from ..net.ratelog import fd_log
 from ..net.splice import Splices
 from ..net.tunnel import Tunnel
 from .body import CHUNK_END, RequestBody
@@ -229,6 +230,10 @@ class Exchange:
     def _connect_failed(self, err: L7Error, refused: bool) -> None:
         assert self.cpool is not None
         server = self.cpool.server  # (self.server is None if the client left meanwhile)
+        if isinstance(err, OutOfDescriptors):
+            # Our fds ran out, not the server: no failure against it, no other server tried.
+            self.fail(err)  # (nothing if the client left meanwhile)
+            return
         server.failures += 1
         self.pool.failed(server, err.detail)
         if self.phase == DONE:
@@ -370,7 +375,15 @@ class Exchange:
         self.client.flow.pause_reading(flow.SPLICING)
         if body.batch:
             up.writelines(body.take_batch())
-        self._splice_when_drained(self.client.flow, up.flow, left, self._request_spliced)
+        self._splice_when_drained(self.client.flow, up.flow, left, self._request_spliced,
+                                  self._request_unspliced)
+
+    def _request_unspliced(self) -> None:
+        """The splice could not start (nothing moved): the body goes on through the parser."""
+        if self.req_done or not self.req_splice_left:
+            return
+        self.req_splice_left = 0  # (after_client_feed will not retry)
+        self.client.flow.resume_reading(flow.SPLICING)
 
     def _request_spliced(self, moved: int, error: BaseException | None) -> None:
         assert self.body is not None
@@ -489,7 +502,16 @@ class Exchange:
         self.resp_splice_left = 0
         self.phase = SPLICING
         up.flow.pause_reading(flow.SPLICING)
-        self._splice_when_drained(up.flow, self.client.flow, left, self._response_spliced)
+        self._splice_when_drained(up.flow, self.client.flow, left, self._response_spliced,
+                                  self._response_unspliced)
+
+    def _response_unspliced(self) -> None:
+        """The splice could not start (nothing moved): the body goes on through Python, parsed."""
+        up = self.up
+        if up is None or up.flow is None or self.phase != SPLICING:
+            return
+        self.phase = RELAYING  # (resp_splice_left is 0: after_upstream_feed will not retry)
+        up.flow.resume_reading(flow.SPLICING)
 
     def _response_spliced(self, moved: int, error: BaseException | None) -> None:
         up = self.up
@@ -502,18 +524,17 @@ class Exchange:
         self.after_upstream_feed()
 
     def _splice_when_drained(self, src: FlowControl, dst: FlowControl, nbytes: int,
-                             on_done: Callable[[int, BaseException | None], None]) -> None:
-        """Splice ``nbytes`` from src to dst once dst's write buffer is empty (byte order)."""
+                             on_done: Callable[[int, BaseException | None], None],
+                             refused: Callable[[], None]) -> None:
+        """Splice ``nbytes`` from src to dst once dst's write buffer is empty (byte order);
+        ``refused()`` if the job cannot start. (Short of pipes or fds, a started job copies
+        through Python itself, counting the same bytes: the message boundary does not move.)"""
         splices = self.splices
         if splices is None:
             splices = self.splices = Splices(self.state.loop or asyncio.get_running_loop())
         # Whatever ended the exchange meanwhile (client gone, server lost) has finished it.
         splices.start(src, dst, nbytes, on_done, lambda: self.phase != DONE and self.up is not None,
-                      self._cannot_splice)
-
-    def _cannot_splice(self, exc: OSError) -> None:
-        log.warning("%s: cannot splice: %s", self.request_id, exc)  # no fds left for the pipe
-        self._abort_both()
+                      refused)
 
     def response_upgraded(self, leftover: bytes) -> None:
         """The server answered 101: both connections become one tunnel."""
@@ -652,8 +673,12 @@ class Exchange:
             return
         self.to_client.clear()
         rid = self.request_id
-        log.log(logging.WARNING if err.status >= 500 else logging.INFO, "%s %d %s %s (%s): %s", rid,
-                err.status, self.head.method.decode("latin-1"), self.head.path, self.route, err.detail)
+        level = logging.WARNING if err.status >= 500 else logging.INFO
+        args = (rid, err.status, self.head.method.decode("latin-1"), self.head.path, self.route, err.detail)
+        if isinstance(err, OutOfDescriptors):
+            fd_log.log(level, "%s %d %s %s (%s): %s", *args)  # at most one a second
+        else:
+            log.log(level, "%s %d %s %s (%s): %s", *args)
         self._finish(err, err.close or not self.req_done or self.resp_close)
 
     def client_lost(self) -> None:
@@ -675,6 +700,8 @@ class Exchange:
         """Give up on the server connection (in doubt: never pooled again)."""
         up, self.up = self.up, None
         if up is not None:
+            if self.splices is not None:
+                self.splices.cancel()  # out of the splice poller before the socket closes
             self.client.flow.unlink()
             up.close()
 
@@ -689,8 +716,8 @@ class Exchange:
         complete = self.phase == COMPLETE
         self.phase = DONE
         if self.splices is not None:
-            # A request body still being spliced (the server answered early, or failed): the
-            # jobs' dup()ed fds would keep both sockets open after their transports close.
+            # A request body still being spliced (the server answered early, or failed): its
+            # job leaves the splice poller before the transports close or resume.
             self.splices.cancel()
         if self.ticket is not None:
             self._leave_queue()

@@ -23,9 +23,10 @@ from typing import Any, cast
 import httptools
 
 from ..balance.servers import Server
-from ..errors import BadGateway, GatewayTimeout, L7Error, ServiceUnavailable
+from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
 from ..net.clock import Clock
 from ..net.flow import PEER_FULL, FlowControl
+from ..net.ratelog import fd_exhausted
 from ..net.tunnel import TO_CLIENT, Tunnel
 from .ports import ResponseSink
 
@@ -288,7 +289,10 @@ class ConnectionPool:
         except asyncio.TimeoutError:
             failed(GatewayTimeout(f"connect to {address} timed out"), False)
         except OSError as exc:
-            failed(ServiceUnavailable(f"connect to {address} failed: {exc.strerror or exc}"), True)
+            if fd_exhausted(exc):
+                failed(OutOfDescriptors(f"connect to {address}: {exc.strerror}", retry_after=1), True)
+            else:
+                failed(ServiceUnavailable(f"connect to {address} failed: {exc.strerror or exc}"), True)
         except Exception as exc:  # never leave a request without an answer
             log.exception("connect to %s failed", address)
             failed(BadGateway(f"connect to {address} failed: {exc!r}"), False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import os
 import socket
@@ -14,7 +13,6 @@ from kit import Conn, get, read_head, simple_config
 
 import l7switch.net.splice
 from l7switch.devtools.origin import pattern_bytes
-from l7switch.net.splice import SpliceJob
 
 MiB = 1 << 20
 
@@ -387,77 +385,3 @@ def test_slow_client_backpressure_carries_over_to_the_next_pipelined_response(lt
         time.sleep(0.6)  # reading nothing
         assert lt.call(buffered) < 1_500_000, first
         s.close()
-
-
-# ---- a job that cannot get its descriptors gives back the ones it got -------------------------
-
-class SocketOnly:
-    """Just enough of a transport for SpliceJob: it asks only for the socket. A fake because the
-    failures below (EMFILE mid-setup) cannot be produced on demand with a real transport."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def get_extra_info(self, name: str, default=None):
-        return self.sock if name == "socket" else default
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture
-def two_pairs():
-    pairs = [socket.socketpair(), socket.socketpair()]
-    yield SocketOnly(pairs[0][0]), SocketOnly(pairs[1][0])
-    for a, b in pairs:
-        a.close()
-        b.close()
-
-
-def emfile(*args, **kwargs):
-    raise OSError(errno.EMFILE, "Too many open files")
-
-
-def test_splice_job_closes_its_dups_when_pipe2_fails(monkeypatch, two_pairs):
-    """pipe2 failing (EMFILE under load) leaves no descriptor behind.
-
-    Old code had already dup'ed both sockets when pipe2 raised, and nothing closed them: two fds
-    leaked per failed job.
-    """
-    src, dst = two_pairs
-    monkeypatch.setattr(l7switch.net.splice.os, "pipe2", emfile)
-    before = open_fds()
-    for _ in range(3):
-        with pytest.raises(OSError) as exc:
-            SpliceJob(None, src, dst, None, lambda moved, error: None)
-        assert exc.value.errno == errno.EMFILE
-    assert open_fds() == before
-
-
-def test_splice_job_closes_the_first_dup_when_the_second_fails(monkeypatch, two_pairs):
-    """The second dup failing closes the first, and pipe2 is never reached.
-
-    Old code leaked the first dup (one fd per failed job).
-    """
-    src, dst = two_pairs
-    real_dup = os.dup
-    calls = []
-
-    def dup_once(fd: int) -> int:
-        calls.append(fd)
-        if len(calls) % 2 == 0:
-            emfile()
-        return real_dup(fd)
-
-    def no_pipe2(*args):
-        raise AssertionError("pipe2 called after a failed dup")
-    monkeypatch.setattr(l7switch.net.splice.os, "dup", dup_once)
-    monkeypatch.setattr(l7switch.net.splice.os, "pipe2", no_pipe2)
-    before = open_fds()
-    for _ in range(3):
-        with pytest.raises(OSError) as exc:
-            SpliceJob(None, src, dst, None, lambda moved, error: None)
-        assert exc.value.errno == errno.EMFILE
-    assert open_fds() == before
-    assert calls == [src.sock.fileno(), dst.sock.fileno()] * 3
