@@ -21,6 +21,7 @@ from typing import Any
 from ..balance.persistence import TableSweep
 from ..balance.store import Tables
 from ..checks.checker import HealthChecker, needs_checker, pool_deliver
+from ..net.pipes import MAX_PIPES
 from ..net.tls import server_context
 from ..passthrough.connection import PassthroughConnection
 from ..proxy.frontend import ClientConnection
@@ -35,9 +36,10 @@ log = logging.getLogger("l7switch")
 DEFAULT_GRACE = 30.0
 # fds the switch needs besides client and server connections, for the derived connection cap:
 # listening sockets, the loop's own (epoll, signal pipe, libuv's spare fd for EMFILE), health
-# checks and agents, log files, a small pool of splice pipes. HAProxy reserves similarly when it
-# derives maxconn from ulimit-n (global.maxsock = maxconn * 2 + listeners + checks + pipes).
-FD_RESERVE = 256
+# checks and agents, log files, and the splice pipe pool (net/pipes.MAX_PIPES pipes, two fds
+# each). HAProxy reserves similarly when it derives maxconn from ulimit-n (global.maxsock =
+# maxconn * 2 + listeners + checks + pipes).
+FD_RESERVE = 256 + 2 * MAX_PIPES
 
 
 # How often pools look at time-driven state: ejections that end, slow start's ramp, queued
@@ -228,8 +230,9 @@ def derived_cap(nofile: int, config: Config) -> int:
 
 
 def raise_fd_limit() -> int:
-    """Each proxied connection costs two fds (six while a body splices): lift the soft limit to
-    the hard one, as HAProxy does at start-up. Returns the limit now in force."""
+    """Each proxied connection costs two fds (a spliced body borrows a pooled pipe only while it
+    moves bytes): lift the soft limit to the hard one, as HAProxy does at start-up. Returns the
+    limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         try:
