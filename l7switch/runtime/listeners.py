@@ -26,12 +26,12 @@ accept runs out of fds (its ``listener_full``/``limit_listener`` with a 100 ms d
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
+
+from ..net.ratelog import fd_exhausted, fd_log
 
 log = logging.getLogger("l7switch")
 
@@ -42,8 +42,6 @@ BACKLOG = 4096
 #: How long accepting stays off after running out of fds (HAProxy retries a listener that hit
 #: EMFILE after 100 ms).
 RETRY = 0.1
-#: One log line per this many seconds when fds run out.
-LOG_EVERY = 1.0
 
 
 class Listener:
@@ -75,7 +73,6 @@ class Listeners:
         self.closed = False
         self.pauses = 0  # times accepting stopped (the cap, or fds ran out)
         self._retry: asyncio.TimerHandle | None = None
-        self._log_next = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, host: str, port: int, factory: Callable[[], asyncio.Protocol],
@@ -148,7 +145,7 @@ class Listeners:
             server = await self._serve(lst)
         except Exception as exc:  # never an unretrieved task exception; try again shortly
             lst.opening = False
-            if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+            if not fd_exhausted(exc):
                 log.error("listener %s cannot accept again: %r; retrying", lst.name, exc)
             self.out_of_fds(exc)
             return
@@ -160,11 +157,9 @@ class Listeners:
 
     def out_of_fds(self, exc: Exception) -> None:
         """No fd for accepting: stop for RETRY, then try again; logged at most once a second."""
-        now = time.monotonic()
-        if now >= self._log_next and isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-            self._log_next = now + LOG_EVERY
-            log.warning("out of file descriptors (%s): not accepting for %d ms", exc.strerror or exc,
-                        RETRY * 1000)
+        if fd_exhausted(exc):
+            fd_log.warning("out of file descriptors (%s): not accepting for %d ms",
+                           getattr(exc, "strerror", None) or exc, RETRY * 1000)
         want_paused = self.paused
         self.pause()
         self.paused = want_paused
