@@ -12,8 +12,8 @@ hot paths do all the time). Handling what expired is the costly part — a close
 write and a log line, tens of microseconds each — and thousands of deadlines can expire
 together (connections opened in one burst). So the expired are handled in deadline order, in
 slices bounded in count (``SLICE_MAX``) and in time (``SLICE_BUDGET``), with ``SLICE_GAP``
-between slices for the rest of the loop: a wave of 3,000 expiries becomes ~50 short slices
-instead of one stall of ~80 ms.
+between slices for the rest of the loop: a wave of 3,000 expiries becomes a few hundred short
+slices instead of one stall of 80-200 ms.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ from typing import Any, Protocol
 log = logging.getLogger("l7switch")
 
 #: Handlers run per slice at most, and the real time a slice may take (checked every few
-#: handlers). 1 ms of work with 1 ms gaps keeps the loop free half the time during a wave,
-#: so a normal request waits at most about one slice per loop pass it needs.
+#: handlers), then a gap before the next. A normal request needs two or three loop passes, each
+#: of which may follow a slice: 0.5 ms slices with 2 ms gaps keep a wave's share of the loop at
+#: a fifth (bench/deadline_wave.py: wrk's p99 during a wave of 3,000 head timeouts stayed at its
+#: baseline, where 1 ms slices with 1 ms gaps still showed 12-32 ms; a 3,000-connection wave
+#: of ~40 us closes then spreads over ~0.6 s, well inside the 1 s tick).
 SLICE_MAX = 64
-SLICE_BUDGET = 0.001
-SLICE_GAP = 0.001
+SLICE_BUDGET = 0.0005
+SLICE_GAP = 0.002
 _BUDGET_EVERY = 8  # handlers between two looks at perf_counter
 
 _deadline = attrgetter("deadline")
