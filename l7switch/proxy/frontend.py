@@ -7,7 +7,22 @@ each request with the current generation's rules, and hands it to an ``Exchange`
 waits in ``queue`` (and reading pauses) until the one before it has been answered.
 
 Timers are not per request: each connection keeps one ``deadline`` that the switch's clock
-sweeps (net/clock.py), which keeps call_later handles off the hot path.
+sweeps (net/clock.py), which keeps call_later handles off the hot path. What the deadline means
+follows the state:
+
+- HEAD: the head must be complete within ``timeouts.header`` from accept, and on a keep-alive
+  connection from the first byte of the next request (HAProxy ``timeout http-request`` with
+  ``timeout http-keep-alive``: "Once the first byte of request has been seen, the
+  'http-request' timeout is used to wait for the complete request to come"). Reads do not
+  extend it, so a head trickled a byte at a time still ends at the deadline: 408 and close, or
+  a silent close if not a byte came (nginx closes such a connection without an answer; a 408
+  nobody asked for may be taken by a browser's pre-connect as the answer to its next request).
+- IDLE (keep-alive, between requests): ``timeouts.keepalive``, then a silent close (nginx and
+  HAProxy). Idle connections are also the first closed under pressure (SwitchState.idle).
+- BODY: ``timeouts.client`` of silence or a pace below ``limits.min_body_rate`` (pace.py), both
+  looked at about once a second -> 408.
+- BUSY: none while the server owes the answer (its own deadline runs); ``timeouts.client``
+  while the client does not read what we write.
 """
 
 from __future__ import annotations
@@ -23,10 +38,11 @@ import httptools
 from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
 from ..http.message import DEFAULT_UPGRADES, check_request, error_response, upgrade_tokens
 from ..http.rules import WireView
-from ..net.flow import CLOSING, HIGH_WATER, SPLICING, WAITING, FlowControl
+from ..net.flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, WAITING, FlowControl
 from ..net.tunnel import TO_SERVER, Tunnel
 from ..spec import ListenerSpec
 from .exchange import QUEUED, RELAYING, Exchange
+from .pace import BodyPace
 from .state import SwitchState
 
 log = logging.getLogger("l7switch")
@@ -52,7 +68,7 @@ class ClientConnection(asyncio.Protocol):
         "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed", "closing_after",
         "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "feeding", "tls",
-        "skip_head", "resume_body", "guard_key",
+        "skip_head", "resume_body", "guard_key", "pace",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
@@ -84,6 +100,7 @@ class ClientConnection(asyncio.Protocol):
         self.skip_head = False  # the parser reads a head we made up (see _resume_body)
         self.resume_body: Exchange | None = None  # an ignored Upgrade whose body llhttp skipped
         self.guard_key: str | None = None  # counted under this per-client key (limits.per_client)
+        self.pace: BodyPace | None = None  # while a request body arrives (BODY)
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -106,7 +123,11 @@ class ClientConnection(asyncio.Protocol):
                     sw.client_refused(self.peer_ip, key)
                     return
                 self.guard_key = key
-        self.deadline = time.monotonic() + sw.current.timeouts.client
+        # The first head is due timeouts.header from accept (HAProxy "timeout http-request"),
+        # not timeouts.client: a connection that sends nothing, or a byte now and then, is gone
+        # by then.
+        self.state = HEAD
+        self.deadline = time.monotonic() + sw.current.timeouts.header
         sw.clock.watch(self)
         clients = sw.clients
         clients.add(self)
@@ -130,11 +151,11 @@ class ClientConnection(asyncio.Protocol):
             return  # we are closing after an error; ignore what follows
         state = self.state
         if state == IDLE:
+            # The next request's first byte: its head is due timeouts.header from now.
             self.state = state = HEAD
             self.deadline = time.monotonic() + self.switch.current.timeouts.header
-        elif state == BODY:
-            # timeouts.client is the longest silence while a body arrives.
-            self.deadline = time.monotonic() + self.switch.current.timeouts.client
+            self.switch.idle.pop(self, None)
+        # (BODY: the pace's looks judge silence and rate from the byte count; no store per read.)
         heads = self.requests
         self.feeding = True
         try:
@@ -245,6 +266,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser = CLOSED_PARSER
         sw = self.switch
         sw.clock.unwatch(self)
+        sw.idle.pop(self, None)
         clients = sw.clients
         clients.discard(self)
         if sw.paused and len(clients) <= sw.resume_at:
@@ -263,8 +285,10 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
-        # The client stopped reading: timeouts.client is how long it may stay so.
-        self.deadline = time.monotonic() + self.switch.current.timeouts.client
+        # The client stopped reading: timeouts.client is how long it may stay so. (While its
+        # body arrives the pace's looks go on: a client sending is not silent.)
+        if self.state != BODY:
+            self.deadline = time.monotonic() + self.switch.current.timeouts.client
         if self.exchange is not None:
             self.exchange.client_writable(False)
 
@@ -272,6 +296,8 @@ class ClientConnection(asyncio.Protocol):
         self.flow.resume_writing()
         if self.state == BUSY:
             self.deadline = 0.0
+        elif self.state == IDLE:
+            self.deadline = time.monotonic() + self.switch.current.timeouts.keepalive
         if self.exchange is not None:
             self.exchange.client_writable(True)
 
@@ -286,6 +312,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state == IDLE:
             self.state = HEAD
             self.deadline = time.monotonic() + self.switch.current.timeouts.header
+            self.switch.idle.pop(self, None)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -363,8 +390,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.receiving
         self.receiving = None
         if self.state == BODY:
-            self.state = BUSY
-            self.deadline = 0.0
+            self._busy()
         if ex is not None:
             ex.request_complete()
 
@@ -402,7 +428,11 @@ class ClientConnection(asyncio.Protocol):
             self._send_error(self.pending_error)
             return
         self.state = IDLE
-        self.deadline = time.monotonic() + self.switch.current.timeouts.client
+        t = self.switch.current.timeouts
+        # Keep-alive idle: timeouts.keepalive (HAProxy "timeout http-keep-alive"); a client that
+        # has not read the last response yet is not idle but not reading: timeouts.client.
+        self.deadline = time.monotonic() + (t.keepalive if self.flow.writable else t.client)
+        self.switch.idle[self] = None  # the newest idle, last to go under pressure
 
     def last_response(self) -> bool:
         """Only the last response before a close says Connection: close: pipelined requests
@@ -414,8 +444,7 @@ class ClientConnection(asyncio.Protocol):
         complete as far as this connection is concerned."""
         self.parser = httptools.HttpRequestParser(self)
         if self.state == BODY:
-            self.state = BUSY
-            self.deadline = 0.0
+            self._busy()
 
     def tunnel_started(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
@@ -426,11 +455,25 @@ class ClientConnection(asyncio.Protocol):
         """State and deadline follow the exchange being served, never a queued one: reading is
         paused while a request waits its turn, so its body cannot be expected meanwhile."""
         if ex.req_done:
-            self.state = BUSY
-            self.deadline = 0.0
+            self._busy()
         else:
             self.state = BODY
-            self.deadline = time.monotonic() + self.switch.current.timeouts.client
+            now = time.monotonic()
+            self.pace = BodyPace(now, self._body_total(ex))
+            self.deadline = now + BodyPace.step(self.switch.current.timeouts.client)
+
+    def _busy(self) -> None:
+        """The request is in: the server owes the answer (its deadline runs), unless the
+        client is not reading what we write (then timeouts.client)."""
+        self.state = BUSY
+        self.pace = None
+        self.deadline = 0.0 if self.flow.writable else time.monotonic() + self.switch.current.timeouts.client
+
+    @staticmethod
+    def _body_total(ex: Exchange) -> int:
+        """Request body bytes the client has delivered: read by Python, or moved by splice."""
+        body = ex.body
+        return (body.received if body is not None else 0) + ex.spliced_bytes()
 
     def error(self, err: L7Error) -> None:
         """A bad request: answer in order, then close (framing is in doubt)."""
@@ -466,25 +509,55 @@ class ClientConnection(asyncio.Protocol):
     def on_deadline(self, now: float) -> None:
         state = self.state
         if state == IDLE:
-            self.close()  # keep-alive idle: silent close, as nginx and HAProxy do
+            self.switch.idle.pop(self, None)
+            self.drop_idle()  # keep-alive idle: silent close, as nginx and HAProxy do
         elif state == HEAD:
-            self.error(RequestTimeout("request header not received in time"))
-        elif state == BODY:
-            ex = self.exchange
-            if ex is not None and ex.spliced_progress():
-                # A body crossing by splice: the client is not silent, Python just does not see it.
-                self.deadline = now + self.switch.current.timeouts.client
-            elif ex is None or ex.phase < RELAYING:
-                self.error(RequestTimeout("request body stalled"))
+            if not self.requests and not self.head_fed:
+                self.close()  # not a byte since accept: nothing to answer (as nginx)
             else:
-                self.abort()
+                self.error(RequestTimeout("request header not received in time"))
+        elif state == BODY:
+            self._look_at_body(now)
         else:
             self.abort()  # stalled mid-response: the client stopped reading
 
+    def _look_at_body(self, now: float) -> None:
+        ex, pace = self.exchange, self.pace
+        gen = self.switch.current
+        if ex is None or pace is None:
+            self.error(RequestTimeout("request body stalled"))
+            return
+        total = self._body_total(ex)
+        if self.flow.paused_for & PEER_FULL:
+            # We stopped reading it (no server connection yet, or the server is not taking the
+            # body): not the client's silence.
+            pace.excuse(now, total)
+            why = None
+        else:
+            why = pace.look(now, total, gen.timeouts.client, gen.limits.min_body_rate)
+        if why is None:
+            self.deadline = now + BodyPace.step(gen.timeouts.client)
+        elif ex.phase < RELAYING:
+            self.error(RequestTimeout(why))
+        else:
+            log.info("%s from %s: %s; connection cut", ex.request_id, self.peer_ip, why)
+            self.abort()  # the response has begun: it cannot become a 408
+
+    def drop_idle(self) -> None:
+        """Close a keep-alive connection between requests (expired, or evicted under pressure):
+        silently; aborted if the client has not read the last response, whose unsent bytes
+        would otherwise keep the socket open."""
+        if self.flow is not None and not self.flow.writable:
+            self.abort()
+        else:
+            self.close()
+
     def shutdown(self) -> None:
-        """Graceful stop: close when idle, else after the current response."""
+        """Graceful stop: close when idle (or nothing came since accept), else after the
+        current response."""
         self.closing_after = True
-        if self.exchange is None and self.state == IDLE:
+        if self.exchange is None and (self.state == IDLE or (self.state == HEAD and not self.requests
+                                                             and not self.head_fed)):
             self.close()
 
     def writelines(self, data: list[bytes]) -> None:

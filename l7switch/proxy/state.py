@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -33,6 +34,12 @@ from ..spec import Config
 from .upstream import ConnectionPool
 
 log = logging.getLogger("l7switch")
+
+#: Above this share of the connection cap, idle keep-alive connections are closed, oldest
+#: first, until the count is back under it (the issue's "~80%"; nginx drains its reusable
+#: keep-alive connections, oldest first, once fewer than 1/16 of worker_connections are free:
+#: ngx_drain_connections, "reusing connections in advance" since 1.19.2).
+PRESSURE = 0.8
 
 Defer = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 
@@ -60,10 +67,26 @@ class Accept(Protocol):
 #: the two marks keeps a busy switch from pausing and resuming on every connection (HAProxy
 #: resumes its listeners as soon as one slot is free, but pays less for a pause than a listen()).
 RESUME_AT = 0.9
-#: Above this share of the cap, idle keep-alive connections are closed first, oldest first, to
-#: make room before the cap is reached (the issue's figure; nginx closes keep-alive connections
-#: when worker_connections run short).
-CROWDED_AT = 0.8
+
+
+class IdleClient(Protocol):
+    """A keep-alive connection between requests, as eviction under pressure sees it."""
+
+    def drop_idle(self) -> None: ...
+
+
+class IdleRelief:
+    """Watched by the clock: closes idle keep-alive connections while above PRESSURE."""
+
+    __slots__ = ("state", "deadline")
+
+    def __init__(self, state: SwitchState) -> None:
+        self.state = state
+        self.deadline = 1.0  # (long past: the first sweep looks, then every tick)
+
+    def on_deadline(self, now: float) -> None:
+        self.state.relieve_pressure()
+        self.deadline = now + self.state.clock.tick
 
 
 class Generation:
@@ -107,13 +130,14 @@ class Generation:
 
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
-                 "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard")
+                 "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
+                 "idle")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
         # Queue timeouts are deadlines on this clock too (balance/queue.Ticket).
         queues = [p.queue.timeout for p in config.pools.values() if p.queue.timeout is not None]
-        self.clock = Clock(tick_for(t.connect, t.server, t.client, t.header, t.queue, *queues))
+        self.clock = Clock(tick_for(t.connect, t.server, t.client, t.header, t.keepalive, t.queue, *queues))
         # Persistence tables (client address -> server...) belong to the process, not to a
         # generation: a reload hands them to the new pools, so sessions survive it.
         self.tables = tables if tables is not None else Tables()
@@ -135,9 +159,39 @@ class SwitchState:
         #: Per-client limits (None: off): process-wide, like the persistence tables, so a
         #: reload keeps each client's counts.
         self.guard = ClientTable(per_client) if per_client is not None else None
+        #: Keep-alive connections between requests, oldest idle first (insertion order: a
+        #: connection leaves when its next request starts and comes back at the end). One dict
+        #: store and one pop per request buy O(1) oldest-first eviction under pressure.
+        self.idle: OrderedDict[IdleClient, None] = OrderedDict()
+        self.clock.watch(IdleRelief(self))
         # Request ids: this process's random prefix + a counter, unique across restarts and
         # workers without coordination (nginx's $request_id is 32 random hex digits).
         self.id_prefix = os.urandom(3).hex()
+
+    def evict_idle(self, n: int) -> int:
+        """Close up to ``n`` idle keep-alive connections, oldest idle first (silently, as at
+        keep-alive expiry: a client retries a request on a closed idle connection, RFC 9112
+        §9.3.1). Returns how many were closed. The connection cap calls this at accept time."""
+        idle = self.idle
+        closed = 0
+        while idle and closed < n:
+            conn, _ = idle.popitem(last=False)
+            conn.drop_idle()
+            closed += 1
+        return closed
+
+    def excess(self) -> int:
+        """Client connections above PRESSURE of the cap (0: below it, or no cap)."""
+        cap = self.max_connections
+        return len(self.clients) - int(cap * PRESSURE) if cap else 0
+
+    def relieve_pressure(self) -> int:
+        """Above PRESSURE of the cap: close as many idle keep-alive connections as it takes
+        (or as there are) to get back under it. (Closed connections leave ``clients`` in
+        connection_lost, one loop pass later, so calling this again before that over-counts:
+        the clock calls it once per tick.)"""
+        n = self.excess()
+        return self.evict_idle(n) if n > 0 else 0
 
     def next_request(self) -> int:
         self.requests += 1
@@ -150,18 +204,16 @@ class SwitchState:
     def set_cap(self, cap: int) -> None:
         """Cap client connections at ``cap`` (0: no cap)."""
         self.max_connections = cap
-        self.crowded_at = max(1, int(cap * CROWDED_AT)) if cap else 0
+        self.crowded_at = max(1, int(cap * PRESSURE)) if cap else 0
         self.resume_at = min(int(cap * RESUME_AT), cap - 1) if cap else 0
 
     def crowded(self) -> None:
-        """A client connection was made with the clients at or above CROWDED_AT of the cap."""
-        # TODO(merge with the timeouts branch): close idle keep-alive connections first, oldest
-        # first, to make room before the cap. Its SwitchState.evict_idle(n) goes here as
-        #     self.evict_idle(1)
-        # one idle connection out for each one in: the closed ones leave ``clients`` only in
-        # their connection_lost, a loop pass later, so sizing n from len(self.clients) on every
-        # accept would close far too many (its relieve_pressure() does that once per clock
-        # tick, which is right there). CROWDED_AT is its PRESSURE (0.8): keep one of the two.
+        """A client connection was made with the clients at or above PRESSURE of the cap."""
+        # Idle keep-alive connections go first, oldest first, to make room before the cap: one
+        # out for each one in (the closed ones leave ``clients`` only in their connection_lost,
+        # a loop pass later, so sizing the eviction from len(clients) here would close far too
+        # many; the clock's IdleRelief does the sizing once per tick).
+        self.evict_idle(1)
         if len(self.clients) >= self.max_connections and not self.paused:
             self.paused = True
             log.warning("connection cap reached: %d client connections (limits.max_connections); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import re
@@ -11,6 +12,7 @@ import time
 import pytest
 from kit import Conn, get, read_head, rst, simple_config, wait_for
 
+from l7switch.config import parse_config
 from l7switch.devtools.origin import pattern_bytes
 
 
@@ -159,8 +161,13 @@ def test_header_deadline_not_extended_by_trickling(proxy):
     c.close()
 
 
-def test_idle_keep_alive_closed_after_client_timeout(proxy):
-    sw, _ = proxy("timeouts: {client: 0.3s}\n")
+def test_idle_keep_alive_closed_after_keepalive_timeout(origin_factory, switch_factory):
+    """Keep-alive idle is timeouts.keepalive now (HAProxy ``timeout http-keep-alive``), not
+    timeouts.client (an idle limit for bodies and non-reading clients only)."""
+    o = origin_factory("o1")
+    cfg = parse_config(simple_config(o.port), "<test>")
+    cfg = dataclasses.replace(cfg, timeouts=dataclasses.replace(cfg.timeouts, keepalive=0.3))
+    sw = switch_factory(cfg)
     c = Conn(sw.port)
     c.send(get("/echo"))
     assert c.response().status == 200
@@ -172,7 +179,7 @@ def test_idle_keep_alive_closed_after_client_timeout(proxy):
 
 
 def test_idle_connection_without_any_request_closed(proxy):
-    sw, _ = proxy("timeouts: {client: 0.3s}\n")
+    sw, _ = proxy("timeouts: {header: 0.3s}\n")  # from accept (HAProxy timeout http-request)
     c = Conn(sw.port)
     assert c.is_closed(wait=3)
     c.close()

@@ -6,14 +6,17 @@ sees the bytes move. Neither is a deadline for a whole exchange."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
 
 import pytest
-from kit import Conn, get, read_head, simple_config
+from kit import Conn, get, read_head, simple_config, wait_for
 
+from l7switch.config import parse_config
 from l7switch.devtools.origin import pattern_bytes
+from l7switch.proxy import pace
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -139,3 +142,234 @@ def test_slow_spliced_upload_survives_client_timeout(proxy):
         doc = r.json()
         assert doc["body_len"] == len(body)
         assert doc["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+# ---- (b) first-byte, keep-alive and body-rate limits (issue 10) -------------------------------------
+# timeouts.keepalive and limits.min_body_rate are set on the parsed Config until the YAML keys land.
+
+def _switch(origin_factory, switch_factory, timeouts: dict | None = None, limits: dict | None = None):
+    o = origin_factory("o1")
+    cfg = parse_config(simple_config(o.port), "<test>")
+    cfg = dataclasses.replace(cfg, timeouts=dataclasses.replace(cfg.timeouts, **(timeouts or {})),
+                              limits=dataclasses.replace(cfg.limits, **(limits or {})))
+    return switch_factory(cfg)
+
+
+def _closed_within(c: Conn, limit: float) -> float:
+    """Seconds until the switch closed ``c`` (fails past ``limit``)."""
+    t0 = time.monotonic()
+    assert c.is_closed(wait=limit), f"still open after {limit}s (buffered {c.buf[:80]!r})"
+    return time.monotonic() - t0
+
+
+def test_silent_connection_closed_at_header_timeout_from_accept(origin_factory, switch_factory):
+    """A connection that never sends a byte is gone at timeouts.header from accept (HAProxy
+    ``timeout http-request``), silently, although timeouts.client is a minute.
+    Old code kept it for timeouts.client (60 s): 20,000 of them exhausted the fds."""
+    sw = _switch(origin_factory, switch_factory, {"header": 0.5, "client": 60.0})
+    with Conn(sw.port) as c:
+        took = _closed_within(c, 3)
+        assert 0.4 <= took < 1.5
+        assert c.buf == b""
+
+
+def test_trickled_head_gets_408_at_header_timeout(origin_factory, switch_factory):
+    """A head sent one byte every 0.1 s still ends at timeouts.header from accept: reads do not
+    extend it."""
+    sw = _switch(origin_factory, switch_factory, {"header": 0.8, "client": 60.0})
+    head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    with Conn(sw.port) as c:
+        t0 = time.monotonic()
+        for i in range(len(head)):
+            try:
+                c.send(head[i:i + 1])
+            except OSError:
+                break
+            time.sleep(0.1)
+            if time.monotonic() - t0 > 3:
+                break
+        r = c.response()
+        assert r.status == 408
+        assert time.monotonic() - t0 < 2.0
+
+
+def test_keepalive_idle_closes_silently_after_keepalive_timeout(origin_factory, switch_factory):
+    sw = _switch(origin_factory, switch_factory, {"keepalive": 0.4, "header": 5.0, "client": 60.0})
+    with Conn(sw.port) as c:
+        c.send(get("/echo"))
+        assert c.response().status == 200
+        took = _closed_within(c, 3)
+        assert 0.3 <= took < 1.5
+        assert c.buf == b""
+
+
+def test_next_head_due_header_timeout_from_its_first_byte(origin_factory, switch_factory):
+    """After a keep-alive pause, a request head is due timeouts.header from its first byte
+    (HAProxy: once the first byte is seen, timeout http-request applies), not from the end of
+    the previous response and not timeouts.keepalive."""
+    sw = _switch(origin_factory, switch_factory, {"keepalive": 0.6, "header": 0.8, "client": 60.0})
+    with Conn(sw.port) as c:
+        c.send(get("/echo"))
+        assert c.response().status == 200
+        time.sleep(0.4)  # idle, below keepalive
+        t0 = time.monotonic()
+        c.send(b"GET /echo HTTP/1.1\r\n")  # a head begins, never ends
+        r = c.response()
+        took = time.monotonic() - t0
+        assert r.status == 408
+        assert 0.6 <= took < 1.6, took  # ~header from the first byte (keepalive alone: ~0.2 s)
+
+
+def test_keepalive_connection_used_again_within_keepalive(origin_factory, switch_factory):
+    sw = _switch(origin_factory, switch_factory, {"keepalive": 0.6, "header": 0.6})
+    with Conn(sw.port) as c:
+        for _ in range(4):
+            c.send(get("/echo"))
+            assert c.response().status == 200
+            time.sleep(0.3)
+
+
+@pytest.fixture
+def fast_pace(monkeypatch):
+    """The body pace with small values: judged after 0.6 s, over the last 0.5 s, looked at every
+    0.1 s."""
+    monkeypatch.setattr(pace, "GRACE", 0.6)
+    monkeypatch.setattr(pace, "WINDOW", 0.5)
+    monkeypatch.setattr(pace, "STEP", 0.1)
+
+
+def _trickle_body(port: int, length: int, first: bytes, piece: bytes, gap: float, limit: float):
+    """POST with Content-Length ``length``: ``first`` at once, then ``piece`` every ``gap`` s
+    until the switch stops us or ``limit`` s pass; (connection, seconds until stopped)."""
+    c = Conn(port, timeout=5)
+    t0 = time.monotonic()
+    sent = len(first)
+    try:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % length + first)
+        while sent < length and time.monotonic() - t0 < limit:
+            time.sleep(gap)
+            c.send(piece[:length - sent])
+            sent += len(piece)
+            c.sock.settimeout(0.0)
+            try:
+                got = c.sock.recv(65536)
+            except BlockingIOError:
+                got = None
+            finally:
+                c.sock.settimeout(5)
+            if got is not None:
+                c.buf += got
+                break  # an answer (or EOF) while still sending
+    except OSError:
+        pass
+    return c, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("length,first", [(20 * KiB, b""), (1 * MiB, pattern_bytes(256 * KiB))],
+                         ids=["python", "spliced"])
+def test_slow_body_below_min_body_rate_gets_408(origin_factory, switch_factory, fast_pace, length, first):
+    """100 B/s against min_body_rate 500 B/s: 408 and close once the grace has passed, though
+    the client is never silent for timeouts.client. A body crossing by splice (above the
+    64 KiB threshold) is measured by the bytes the splice moved."""
+    sw = _switch(origin_factory, switch_factory, {"client": 60.0}, {"min_body_rate": 500})
+    c, took = _trickle_body(sw.port, length, first, b"x" * 10, 0.1, limit=5)
+    with c:
+        r = c.response()
+        assert r.status == 408, r
+        assert b"too slow" in r.body or r.status == 408
+        assert 0.6 <= took < 2.5, took
+        assert c.is_closed(wait=2)
+
+
+@pytest.mark.parametrize("length,first", [(40 * KiB, b""), (1 * MiB, pattern_bytes(256 * KiB))],
+                         ids=["python", "spliced"])
+def test_fast_body_is_never_cut(origin_factory, switch_factory, fast_pace, length, first):
+    """Far above min_body_rate for several windows: the upload completes."""
+    sw = _switch(origin_factory, switch_factory, {"client": 60.0}, {"min_body_rate": 500})
+    rest = length - len(first)
+    piece = b"y" * (rest // 20 + 1)
+    c, took = _trickle_body(sw.port, length, first, piece, 0.1, limit=10)
+    with c:
+        r = c.response()
+        assert r.status == 200, r
+        assert r.json()["body_len"] == length
+        assert took > 1.5  # the pace was judged several times
+
+
+def test_min_body_rate_zero_is_off(origin_factory, switch_factory, fast_pace):
+    sw = _switch(origin_factory, switch_factory, {"client": 60.0}, {"min_body_rate": 0})
+    c, took = _trickle_body(sw.port, 30, b"", b"x" * 2, 0.1, limit=5)
+    with c:
+        r = c.response()
+        assert r.status == 200 and took > 1.2
+
+
+def test_stalled_body_gets_408_after_client_timeout(origin_factory, switch_factory, fast_pace):
+    """timeouts.client stays the longest silence while a body arrives (min_body_rate off)."""
+    sw = _switch(origin_factory, switch_factory, {"client": 0.5}, {"min_body_rate": 0})
+    with Conn(sw.port) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
+        t0 = time.monotonic()
+        r = c.response()
+        assert r.status == 408
+        assert 0.4 <= time.monotonic() - t0 < 1.5
+
+
+# ---- (c) under pressure, idle keep-alive connections go first, oldest first --------------------------
+
+def _idle_conns(port: int, n: int) -> list[Conn]:
+    conns = []
+    for _ in range(n):
+        c = Conn(port)
+        c.send(get("/echo"))
+        assert c.response().status == 200
+        conns.append(c)
+        time.sleep(0.02)  # a distinct idle order
+    return conns
+
+
+def test_evict_idle_closes_oldest_idle_first(origin_factory, switch_factory, lt):
+    sw = _switch(origin_factory, switch_factory, {"keepalive": 30.0})
+    conns = _idle_conns(sw.port, 5)
+    busy = Conn(sw.port)
+    busy.send(b"GET /echo HTTP/1.1\r\n")  # mid-head: not idle, never evicted
+    time.sleep(0.1)
+    try:
+        assert lt.call(sw.state.evict_idle, 2) == 2
+        assert conns[0].is_closed(wait=2) and conns[1].is_closed(wait=2)
+        assert conns[0].buf == conns[1].buf == b""  # silently
+        for c in conns[2:]:
+            assert not c.is_closed(wait=0.2)
+        conns[2].send(get("/echo"))
+        assert conns[2].response().status == 200
+        # Used again, conns[2] is now the newest idle: the next eviction takes conns[3].
+        assert lt.call(sw.state.evict_idle, 1) == 1
+        assert conns[3].is_closed(wait=2)
+        assert not conns[2].is_closed(wait=0.2) and not busy.is_closed(wait=0.1)
+        assert lt.call(sw.state.evict_idle, 10) == 2  # only idle ones: conns[2] and conns[4]
+        assert not busy.is_closed(wait=0.2)
+    finally:
+        for c in [*conns, busy]:
+            c.close()
+
+
+def test_idle_evicted_above_80_percent_of_the_cap(origin_factory, switch_factory, lt):
+    """state.max_connections = 10: with 6 idle and 4 fresh connections (10 > 8), the clock's
+    sweep closes the 2 oldest idle ones; nothing else."""
+    sw = _switch(origin_factory, switch_factory, {"keepalive": 30.0})
+    conns = _idle_conns(sw.port, 6)
+    fresh = [Conn(sw.port) for _ in range(4)]
+    try:
+        assert wait_for(lambda: len(sw.state.clients) == 10, timeout=3)
+        lt.call(setattr, sw.state, "max_connections", 10)
+        assert conns[0].is_closed(wait=3) and conns[1].is_closed(wait=3)
+        assert wait_for(lambda: len(sw.state.clients) == 8, timeout=3)
+        time.sleep(sw.state.clock.tick * 2)  # another sweep or two: at 80% now, nothing more
+        for c in conns[2:]:
+            assert not c.is_closed(wait=0.05)
+        for c in fresh:
+            c.send(get("/echo"))
+            assert c.response().status == 200
+    finally:
+        for c in [*conns, *fresh]:
+            c.close()
