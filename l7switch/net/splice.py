@@ -267,11 +267,16 @@ class Splices:
             job.pump()
         dst.when_drained(go)
 
+    @property
+    def moved(self) -> int:
+        """Bytes the running jobs have moved so far."""
+        return sum(j.moved for j in self.jobs)
+
     def progressed(self) -> bool:
         """Have the jobs moved bytes since the last look?"""
         if not self.jobs:
             return False
-        moved = sum(j.moved for j in self.jobs)
+        moved = self.moved
         if moved == self.seen:
             return False
         self.seen = moved
@@ -286,4 +291,4 @@ class Splices:
         return bool(self.jobs)
 
     def __repr__(self) -> str:
-        return f"<Splices jobs={len(self.jobs)} moved={sum(j.moved for j in self.jobs)}>"
+        return f"<Splices jobs={len(self.jobs)} moved={self.moved}>"

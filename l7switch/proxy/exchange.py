@@ -596,7 +596,7 @@ class Exchange:
         """Bytes the running splice jobs have moved: a spliced request body's progress, which
         the frontend's pace counts (a job's bytes join ``body.received`` when it ends)."""
         splices = self.splices
-        return sum(j.moved for j in splices.jobs) if splices else 0
+        return splices.moved if splices is not None else 0
 
     def upstream_writable(self, writable: bool) -> None:
         """The server stopped reading what we send (its silence counts from now), or resumed."""
