@@ -131,8 +131,8 @@ def row2_cells(r: dict[str, Any]) -> list[str]:
     errs = ", ".join(f"{k}: {v}" for k, v in sorted(a.get("connect_errors", {}).items())) or "–"
     return [r["attack_key"], r["proxy_label"], f"{r['conns']:,}", f"{f.get('attack_open_peak', 0):,}",
             f"{a.get('closed_by_peer', 0):,}", ans, errs, _n(f.get("held_median_s"), "{:.1f}"),
-            f"{_n(f.get('proxy_cpu_pct'), '{:.0f}')} / {_n(f.get('attack_cpu_pct'), '{:.0f}')} / "
-            f"{_n(f.get('machine_cpu_pct'), '{:.0f}')}"]
+            (f"{_n(f.get('proxy_cpu_pct'), '{:.0f}')} / {_n(f.get('attack_cpu_pct'), '{:.0f}')} / "
+            f"{_n(f.get('machine_cpu_pct'), '{:.0f}')}")]
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:
@@ -159,8 +159,8 @@ def render(runs: list[dict[str, Any]], meta: dict[str, Any], previous: list[dict
     lines = [
         f"# Hostile clients: l7switch and HAProxy side by side ({meta['date']})", "",
         f"Command: `{meta['command']}`", "",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. "
-        f"Machine: {meta['machine']}.", "",
+        (f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}. "
+        f"Machine: {meta['machine']}."), "",
         table(HEAD, rows), "",
         "What the attackers saw:", "",
         table(HEAD2, rows2), "",

@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from proxies import BENCH, Settings, bl, log, log_text, start_origin, start_proxy, tool_versions
 from load import WRK_LUA, Attack, AttackPlan, Sampler, alive, run_window
+from proxies import BENCH, Settings, bl, log, log_text, start_origin, start_proxy, tool_versions
 from report import figures, render
 
 OUT = BENCH / "out" / "hostile.md"
@@ -192,24 +192,24 @@ def main() -> int:
                 previous.append(r)
     dropped = sorted({k for r in runs for k in r.get("dropped_keys", [])})
     notes = [
-        f"Normal clients: `wrk -t1 -c{args.connections} --timeout 2s` from 127.0.0.1 in {args.window:g} s windows "
+        (f"Normal clients: `wrk -t1 -c{args.connections} --timeout 2s` from 127.0.0.1 in {args.window:g} s windows "
         f"back to back, GET /100b; {args.baseline_windows} baseline windows, the attack ({args.duration:g} s), "
         f"{args.recovery_windows} windows after. 'failed' = wrk's connect/read/write errors, timeouts and non-2xx "
         "answers; a window that got nothing through counts in 'outage' (its requests were never sent or never "
-        "answered, which wrk does not count as failures inside a 2 s window).",
-        "rps ÷ baseline is over the attack after its first 2 s; worst = the lowest 2 s window. p99 'during' is the "
+        "answered, which wrk does not count as failures inside a 2 s window)."),
+        ("rps ÷ baseline is over the attack after its first 2 s; worst = the lowest 2 s window. p99 'during' is the "
         "median and the worst of the windows' p99 after the first 2 s. Targets (issue 10): ≥ 0.8, p99 ≤ 2× "
-        "baseline, 0 failed, ≤ 2.5 fds per slow upload.",
-        "Attackers: from 127.10.0.0/16, 50 connections per address (one-addr: all from 127.0.0.2), in processes "
+        "baseline, 0 failed, ≤ 2.5 fds per slow upload."),
+        ("Attackers: from 127.10.0.0/16, 50 connections per address (one-addr: all from 127.0.0.2), in processes "
         "of ≤ 5,000 connections each; upload and head attackers reopen a connection the proxy closes 1 s later; "
-        "idle attackers do not. Every attacker resets its connections when its time is up.",
-        "fds per upload = (proxy fds at the peak − median fds in the last baseline window) ÷ uploads the "
-        "attackers had open at that sample (connected, so some may still wait in the proxy's backlog).",
-        "Protection on both: header 10 s, keep-alive 5 s, client 60 s, per client 100 connections and 1000 "
+        "idle attackers do not. Every attacker resets its connections when its time is up."),
+        ("fds per upload = (proxy fds at the peak − median fds in the last baseline window) ÷ uploads the "
+        "attackers had open at that sample (connected, so some may still wait in the proxy's backlog)."),
+        ("Protection on both: header 10 s, keep-alive 5 s, client 60 s, per client 100 connections and 1000 "
         f"req/s (burst 2000), wrk's address exempt; HAProxy maxconn "
         f"{next((r['maxconn'] for r in runs if r.get('maxconn')), '?')}"
         f" (`option splice-auto`, nbthread 1); l7switch max_connections "
-        f"{args.l7_max_connections or 'default'}, min_body_rate 500B/s.",
+        f"{args.l7_max_connections or 'default'}, min_body_rate 500B/s."),
         f"fd limits: soft {soft}, hard {hard} (each proxy and attacker raises its soft limit to the hard one).",
     ]
     if dropped:
