@@ -7,9 +7,11 @@ from typing import Any
 
 from load import Window
 
-CAP_RE = re.compile(r"(?i)connection cap|\bcap\b|max_connections|maxconn|maximum connection|"
-                    r"paus|resum|fd limit|too many open|emfile")
-ERR_RE = re.compile(r"Traceback|Task exception|Too many open files|OSError|EMFILE|ENFILE|\[ALERT\]")
+CAP_RE = re.compile(r"(?i)connection cap (reached|cleared)|reached the configured maximum|maxconn|"
+                    r"reached process FD limit")
+LIMIT_RE = re.compile(r"(?i)per-client limit|\b429\b")
+FD_RE = re.compile(r"(?i)out of file descriptors|too many open files|EMFILE|ENFILE")
+ERR_RE = re.compile(r"Traceback|Task exception|OSError|\[ALERT\]")
 
 
 def _med(xs: list[float]) -> float | None:
@@ -76,10 +78,16 @@ def figures(windows: list[Window], samples: list[dict[str, Any]], t0: float, dur
     lifetimes = attack.get("lifetimes") or []
     r["held_median_s"] = _med(lifetimes)
     r["attack"] = {k: v for k, v in attack.items() if k != "lifetimes"}
-    r["cap_lines"] = [ln for ln in log.splitlines() if CAP_RE.search(ln)][:20]
-    r["cap_logged"] = len([ln for ln in log.splitlines() if CAP_RE.search(ln)])
-    r["error_lines"] = len([ln for ln in log.splitlines() if ERR_RE.search(ln)])
-    r["error_sample"] = [ln for ln in log.splitlines() if ERR_RE.search(ln)][:5]
+    lines = log.splitlines()
+    r["cap_lines"] = [ln for ln in lines if CAP_RE.search(ln)][:20]
+    r["cap_logged"] = sum(1 for ln in lines if CAP_RE.search(ln))
+    r["limit_lines"] = sum(1 for ln in lines if LIMIT_RE.search(ln))
+    r["fd_lines"] = sum(1 for ln in lines if FD_RE.search(ln))
+    r["error_lines"] = sum(1 for ln in lines if ERR_RE.search(ln))
+    r["error_sample"] = [ln for ln in lines if ERR_RE.search(ln)][:5]
+    m = re.search(r"connection cap (\d+), derived from the fd limit (\d+)", log)
+    r["derived_cap"] = f"{m.group(1)} (fd limit {m.group(2)})" if m else None
+    r["other_sample"] = [ln for ln in lines if LIMIT_RE.search(ln) or FD_RE.search(ln)][:5]
     return r
 
 
@@ -111,14 +119,18 @@ def row_cells(r: dict[str, Any]) -> list[str]:
         f"{_n(f.get('rss_before_mb'), '{:.0f}')} → {_n(f.get('rss_peak_mb'), '{:.0f}')}",
         f"{f.get('fds_before', 0):.0f} → {f.get('fds_peak', '–')}"
         + (f"; {fpu:.2f}/upload{_mark(fpu <= 2.5)}" if fpu is not None else ""),
-        ("yes" if cap else "no") + (f", {f['error_lines']} error lines" if f.get("error_lines") else ""),
+        "; ".join(x for x in (
+            f"cap: {cap} lines" if cap else "cap: no",
+            f"per-client: {f['limit_lines']}" if f.get("limit_lines") else "",
+            f"out of fds: {f['fd_lines']}" if f.get("fd_lines") else "",
+            f"errors: {f['error_lines']}" if f.get("error_lines") else "") if x),
     ]
 
 
 HEAD = ["attack (from other loopback addresses)", "proxy", "normal rps ÷ baseline (worst 2 s window)",
         "p99 ms: baseline → during median / worst window", "failed after 2 s (in first 2 s)",
         "outage s (windows < 10% of baseline)", "rps after ÷ baseline", "RSS MB: before → peak",
-        "proxy fds: before → peak", "cap / limits logged; errors"]
+        "proxy fds: before → peak", "logged: cap, per-client, out of fds, errors (lines)"]
 
 HEAD2 = ["attack", "proxy", "attack connections", "peak open", "closed by proxy", "answers seen",
          "connect errors", "median held s", "CPU %: proxy / attackers / machine (of 200)"]

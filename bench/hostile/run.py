@@ -212,6 +212,9 @@ def main() -> int:
         f"{args.l7_max_connections or 'default'}, min_body_rate 500B/s."),
         f"fd limits: soft {soft}, hard {hard} (each proxy and attacker raises its soft limit to the hard one).",
     ]
+    caps = sorted({r["figures"]["derived_cap"] for r in runs if r.get("figures", {}).get("derived_cap")})
+    if caps:
+        notes.append(f"l7switch's derived connection cap: {', '.join(caps)}.")
     if dropped:
         notes.append(f"This l7switch tree refused the keys {', '.join(dropped)}: they were left out of its rule "
                      "file (a tree from before the self-protection work).")
