@@ -16,6 +16,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 REPO = BENCH.parent
+#: The l7switch source tree measured (run.py --l7switch-tree): this one unless told otherwise.
+TREE = {"path": REPO}
 sys.path.insert(0, str(BENCH))
 
 import benchlib as bl
@@ -124,7 +126,7 @@ def _drop(node: Any, section: str, key: str, path: str = "") -> list[str]:
 def l7switch_command(cfg: Path) -> tuple[list[str], dict[str, str]]:
     """``python -m l7switch`` of the tree this bench lives in (not whatever the venv points at);
     $L7SWITCH_CMD overrides the program, as in bench/run.py."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(TREE["path"])}
     if os.environ.get("L7SWITCH_CMD"):
         return bl.l7switch_cmd(cfg), dict(os.environ)
     return [sys.executable, "-m", "l7switch", "run", "-c", str(cfg)], env
@@ -140,7 +142,7 @@ def write_l7switch(tmp: Path, port: int, origin: int, s: Settings) -> tuple[Path
         cfg.write_text(_yaml(rules))
         cmd, env = l7switch_command(cfg)
         check = cmd[:-3] + ["check", str(cfg)]
-        r = subprocess.run(check, check=False, env=env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(check, check=False, env=env, cwd=tmp, capture_output=True, text=True, timeout=60)
         if r.returncode == 0:
             return cfg, cfg.read_text(), dropped
         found = _UNKNOWN.findall(r.stdout + r.stderr)
@@ -250,7 +252,7 @@ def tool_versions(tools: dict[str, str]) -> dict[str, str]:
             return (r.stdout + r.stderr).strip().splitlines()[0]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "?"
-    rev = first(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"])
+    rev = first(["git", "-C", str(TREE["path"]), "log", "-1", "--format=%h %s"])
     return {
         "l7switch": rev,
         "haproxy": first([tools["haproxy"], "-v"]).split(" - ")[0].replace("HAProxy version ", ""),

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from load import WRK_LUA, Attack, AttackPlan, Sampler, alive, run_window
-from proxies import BENCH, Settings, bl, log, log_text, start_origin, start_proxy, tool_versions
+from proxies import BENCH, TREE, Settings, bl, log, log_text, start_origin, start_proxy, tool_versions
 from report import figures, render
 
 OUT = BENCH / "out" / "hostile.md"
@@ -112,7 +112,8 @@ def one_run(args: argparse.Namespace, tools: dict[str, str], tmp: Path, procs: b
     a = attack.read()
     res["figures"] = figures(windows, sampler.samples, t0, args.duration, args.skip, a, plan.kind, text)
     res["windows"] = [{"t": round(w.start - t0, 2), "dur": round(w.end - w.start, 2), "rps": round(w.rps),
-                       "failed": w.failed, "p99_ms": w.p99_ms, "max_ms": w.max_ms, "error": w.error}
+                       "failed": w.failed, "p99_ms": w.p99_ms, "max_ms": w.max_ms, "error": w.error,
+                       **{k: w.raw[k] for k in ("connect", "read", "write", "timeout", "status") if w.raw.get(k)}}
                       for w in windows]
     res["samples"] = [{"t": round(s["t"] - t0, 2), **{k: v for k, v in s.items() if k != "t"}}
                       for s in sampler.samples[::2]]
@@ -140,6 +141,10 @@ def main() -> int:
     ap.add_argument("--haproxy-maxconn", type=int, default=0, help="default: (hard fd limit - 200) / 2.5")
     ap.add_argument("--compare", type=Path, help="an earlier run's .json: its l7switch rows shown as 'before'")
     ap.add_argument("--label", default="", help="appended to l7switch's name in the table (e.g. 'after')")
+    ap.add_argument("--l7switch-tree", type=Path, help="measure the l7switch package of this source tree "
+                    "(e.g. a `git worktree add /tmp/before <commit>`) instead of this one")
+    ap.add_argument("--from-json", type=Path, help="run nothing: render this earlier run's .json again "
+                    "(with --compare, --out)")
     ap.add_argument("--out", type=Path, default=OUT, help="markdown report (.json beside it)")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args()
@@ -149,7 +154,13 @@ def main() -> int:
     if bad:
         ap.error(f"unknown: {', '.join(bad)}")
     cmdline = shlex.join(["python", "bench/hostile/run.py"] + sys.argv[1:])
+    if args.from_json:
+        old = json.loads(args.from_json.read_text())
+        write(args, old["runs"], old["meta"], compared(args, attacks))
+        return 0
     log(f"command: {cmdline}")
+    if args.l7switch_tree:
+        TREE["path"] = args.l7switch_tree.resolve()
     settings = Settings(l7_max_connections=args.l7_max_connections, haproxy_maxconn=args.haproxy_maxconn)
     tools = bl.ensure_tools()
     soft, hard = bl.raise_nofile()
@@ -182,14 +193,6 @@ def main() -> int:
     finally:
         bl.cleanup(procs, tmp, args.keep_tmp)
 
-    previous: list[dict[str, Any]] = []
-    if args.compare:
-        old = json.loads(args.compare.read_text())
-        for r in old["runs"]:
-            if r["proxy"] == "l7switch" and r["attack_key"] in attacks:
-                rev = old["meta"]["versions"].get("l7switch", "?").split()[0]
-                r["proxy_label"] = f"l7switch before ({rev})"
-                previous.append(r)
     dropped = sorted({k for r in runs for k in r.get("dropped_keys", [])})
     notes = [
         (f"Normal clients: `wrk -t1 -c{args.connections} --timeout 2s` from 127.0.0.1 in {args.window:g} s windows "
@@ -219,6 +222,17 @@ def main() -> int:
         notes.append(f"This l7switch tree refused the keys {', '.join(dropped)}: they were left out of its rule "
                      "file (a tree from before the self-protection work).")
     for r in runs:
+        hung = [w for w in r.get("windows", []) if w.get("error")]
+        if hung:
+            notes.append(f"{r['attack_key']}/{r['proxy_label']}: wrk gave no summary in {len(hung)} window(s) "
+                         f"(killed 10 s late: {hung[0]['error']}); counted as outage, not as failures.")
+        kinds: dict[str, int] = {}
+        for w in r.get("windows", []):
+            for k in ("connect", "read", "write", "timeout", "status"):
+                kinds[k] = kinds.get(k, 0) + w.get(k, 0)
+        if any(kinds.values()):
+            notes.append(f"{r['attack_key']}/{r['proxy_label']}: wrk's failures by kind over the run: "
+                         + ", ".join(f"{k} {v}" for k, v in kinds.items() if v))
         if r.get("attack_problems"):
             notes.append(f"{r['attack_key']}/{r['proxy']}: {'; '.join(r['attack_problems'])}")
         caps = r.get("figures", {}).get("cap_lines")
@@ -231,13 +245,32 @@ def main() -> int:
                          f"({r['figures']['error_lines']} lines), e.g. `{errs[0][:160]}`")
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": cmdline, "versions": tool_versions(tools),
             "machine": f"{__import__('os').cpu_count()} cores", "notes": notes, "soft": soft, "hard": hard}
+    write(args, runs, meta, compared(args, attacks))
+    return 0
+
+
+def compared(args: argparse.Namespace, attacks: list[str]) -> list[dict[str, Any]]:
+    """--compare: the l7switch rows of an earlier run, labelled 'before (its revision)'."""
+    previous: list[dict[str, Any]] = []
+    if args.compare:
+        old = json.loads(args.compare.read_text())
+        for r in old["runs"]:
+            if r["proxy"] == "l7switch" and r["attack_key"] in attacks:
+                rev = old["meta"]["versions"].get("l7switch", "?").split()[0]
+                r["proxy_label"] = f"l7switch before ({rev})"
+                previous.append(r)
+    return previous
+
+
+def write(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str, Any],
+          previous: list[dict[str, Any]]) -> None:
     md = render(runs, meta, previous)
     print(md)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1, default=str))
+    if not args.from_json or args.from_json.resolve() != args.out.with_suffix(".json").resolve():
+        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1, default=str))
     log(f"wrote {args.out} and {args.out.with_suffix('.json')}")
-    return 0
 
 
 if __name__ == "__main__":
