@@ -9,7 +9,7 @@ from load import Window
 
 CAP_RE = re.compile(r"(?i)connection cap (reached|cleared)|reached the configured maximum|maxconn|"
                     r"reached process FD limit")
-LIMIT_RE = re.compile(r"(?i)per-client limit|\b429\b")
+LIMIT_RE = re.compile(r"(?i)per-client limit")
 FD_RE = re.compile(r"(?i)out of file descriptors|too many open files|EMFILE|ENFILE")
 ERR_RE = re.compile(r"Traceback|Task exception|OSError|\[ALERT\]")
 
