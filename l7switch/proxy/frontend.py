@@ -127,7 +127,9 @@ class ClientConnection(asyncio.Protocol):
         # not timeouts.client: a connection that sends nothing, or a byte now and then, is gone
         # by then.
         self.state = HEAD
-        self.deadline = time.monotonic() + sw.current.timeouts.header
+        now = time.monotonic()
+        self.deadline = now + sw.current.timeouts.header
+        sw.fresh[self] = now
         sw.clock.watch(self)
         clients = sw.clients
         clients.add(self)
@@ -267,6 +269,7 @@ class ClientConnection(asyncio.Protocol):
         sw = self.switch
         sw.clock.unwatch(self)
         sw.idle.pop(self, None)
+        sw.fresh.pop(self, None)
         clients = sw.clients
         clients.discard(self)
         if sw.paused and len(clients) <= sw.resume_at:
@@ -431,8 +434,9 @@ class ClientConnection(asyncio.Protocol):
         t = self.switch.current.timeouts
         # Keep-alive idle: timeouts.keepalive (HAProxy "timeout http-keep-alive"); a client that
         # has not read the last response yet is not idle but not reading: timeouts.client.
-        self.deadline = time.monotonic() + (t.keepalive if self.flow.writable else t.client)
-        self.switch.idle[self] = None  # the newest idle, last to go under pressure
+        now = time.monotonic()
+        self.deadline = now + (t.keepalive if self.flow.writable else t.client)
+        self.switch.idle[self] = now  # the newest idle, last to go under pressure
 
     def last_response(self) -> bool:
         """Only the last response before a close says Connection: close: pipelined requests
@@ -542,6 +546,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             log.info("%s from %s: %s; connection cut", ex.request_id, self.peer_ip, why)
             self.abort()  # the response has begun: it cannot become a 408
+
+    def silent(self) -> bool:
+        """Not a byte since accept (state.IdleClient)."""
+        return not self.requests and not self.head_fed and self.state == HEAD and not self.closed
 
     def drop_idle(self) -> None:
         """Close a keep-alive connection between requests (expired, or evicted under pressure):

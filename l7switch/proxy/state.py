@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -69,10 +70,20 @@ class Accept(Protocol):
 RESUME_AT = 0.9
 
 
+#: Under pressure only connections quiet for at least this long are closed: a keep-alive
+#: connection idle for microseconds is usually about to send its next request (closing those
+#: failed normal clients' requests in bench/hostile's idle flood), and a client that connected
+#: a moment ago has not had time to speak. A second is long for a client that means to talk.
+EVICT_AFTER = 1.0
+
+
 class IdleClient(Protocol):
-    """A keep-alive connection between requests, as eviction under pressure sees it."""
+    """A client connection, as eviction under pressure sees it."""
 
     def drop_idle(self) -> None: ...
+
+    def silent(self) -> bool:
+        """Not a byte since accept."""
 
 
 class IdleRelief:
@@ -131,7 +142,7 @@ class Generation:
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
-                 "idle")
+                 "idle", "fresh")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -159,23 +170,46 @@ class SwitchState:
         #: Per-client limits (None: off): process-wide, like the persistence tables, so a
         #: reload keeps each client's counts.
         self.guard = ClientTable(per_client) if per_client is not None else None
-        #: Keep-alive connections between requests, oldest idle first (insertion order: a
-        #: connection leaves when its next request starts and comes back at the end). One dict
-        #: store and one pop per request buy O(1) oldest-first eviction under pressure.
-        self.idle: OrderedDict[IdleClient, None] = OrderedDict()
+        #: Keep-alive connections between requests, oldest idle first, with the time each went
+        #: idle (insertion order: a connection leaves when its next request starts and comes
+        #: back at the end). One dict store and one pop per request buy O(1) oldest-first
+        #: eviction under pressure.
+        self.idle: OrderedDict[IdleClient, float] = OrderedDict()
+        #: Connections by accept time, oldest first: the first to go under pressure are those
+        #: that never sent a byte (what an idle flood is made of). Entries leave at
+        #: connection_lost, or when eviction finds a connection that has spoken (each is looked
+        #: at once at most).
+        self.fresh: OrderedDict[IdleClient, float] = OrderedDict()
         self.clock.watch(IdleRelief(self))
         # Request ids: this process's random prefix + a counter, unique across restarts and
         # workers without coordination (nginx's $request_id is 32 random hex digits).
         self.id_prefix = os.urandom(3).hex()
 
-    def evict_idle(self, n: int) -> int:
-        """Close up to ``n`` idle keep-alive connections, oldest idle first (silently, as at
-        keep-alive expiry: a client retries a request on a closed idle connection, RFC 9112
-        §9.3.1). Returns how many were closed. The connection cap calls this at accept time."""
-        idle = self.idle
+    def evict_idle(self, n: int, now: float | None = None) -> int:
+        """Close up to ``n`` quiet connections: first those that have not sent a byte since
+        accept, oldest first, then keep-alive connections between requests, longest idle first
+        — only those quiet for EVICT_AFTER at least. Silently, as at keep-alive expiry (a client
+        retries a request on a closed idle connection, RFC 9112 §9.3.1). Returns how many were
+        closed. The connection cap calls this at accept time, the clock once a tick."""
+        if now is None:
+            now = time.monotonic()
+        limit = now - EVICT_AFTER
         closed = 0
+        fresh = self.fresh
+        while fresh and closed < n:
+            conn, since = next(iter(fresh.items()))
+            if since > limit:
+                break  # the rest are younger
+            del fresh[conn]
+            if conn.silent():
+                conn.drop_idle()
+                closed += 1
+        idle = self.idle
         while idle and closed < n:
-            conn, _ = idle.popitem(last=False)
+            conn, since = next(iter(idle.items()))
+            if since > limit:
+                break
+            del idle[conn]
             conn.drop_idle()
             closed += 1
         return closed

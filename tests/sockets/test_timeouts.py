@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from kit import Conn, get, read_head, simple_config, wait_for
 
+import l7switch.proxy.state as state_mod
 from l7switch.config import parse_config
 from l7switch.devtools.origin import pattern_bytes
 from l7switch.proxy import pace
@@ -328,7 +329,8 @@ def _idle_conns(port: int, n: int) -> list[Conn]:
     return conns
 
 
-def test_evict_idle_closes_oldest_idle_first(origin_factory, switch_factory, lt):
+def test_evict_idle_closes_oldest_idle_first(origin_factory, switch_factory, lt, monkeypatch):
+    monkeypatch.setattr(state_mod, "EVICT_AFTER", 0.0)
     sw = _switch(origin_factory, switch_factory, {"keepalive": 30.0})
     conns = _idle_conns(sw.port, 5)
     busy = Conn(sw.port)
@@ -353,23 +355,46 @@ def test_evict_idle_closes_oldest_idle_first(origin_factory, switch_factory, lt)
             c.close()
 
 
-def test_idle_evicted_above_80_percent_of_the_cap(origin_factory, switch_factory, lt):
-    """state.max_connections = 10: with 6 idle and 4 fresh connections (10 > 8), the clock's
-    sweep closes the 2 oldest idle ones; nothing else."""
+def test_silent_connections_go_first_above_80_percent_of_the_cap(origin_factory, switch_factory, lt,
+                                                                   monkeypatch):
+    """state.max_connections = 10: with 6 idle keep-alive and 4 silent connections (10 > 8), the
+    clock's sweep closes the 2 oldest *silent* ones (an idle flood is made of those); the
+    keep-alive clients are left alone."""
+    monkeypatch.setattr(state_mod, "EVICT_AFTER", 0.0)
     sw = _switch(origin_factory, switch_factory, {"keepalive": 30.0})
     conns = _idle_conns(sw.port, 6)
-    fresh = [Conn(sw.port) for _ in range(4)]
+    fresh = []
+    for _ in range(4):
+        fresh.append(Conn(sw.port))
+        time.sleep(0.02)  # accept order = age order
     try:
         assert wait_for(lambda: len(sw.state.clients) == 10, timeout=3)
         lt.call(setattr, sw.state, "max_connections", 10)
-        assert conns[0].is_closed(wait=3) and conns[1].is_closed(wait=3)
+        assert fresh[0].is_closed(wait=3) and fresh[1].is_closed(wait=3)
         assert wait_for(lambda: len(sw.state.clients) == 8, timeout=3)
         time.sleep(sw.state.clock.tick * 2)  # another sweep or two: at 80% now, nothing more
-        for c in conns[2:]:
+        for c in [*conns, *fresh[2:]]:
             assert not c.is_closed(wait=0.05)
-        for c in fresh:
+        for c in [*conns[:1], *fresh[2:]]:
             c.send(get("/echo"))
             assert c.response().status == 200
     finally:
         for c in [*conns, *fresh]:
+            c.close()
+
+
+def test_pressure_spares_connections_quiet_for_less_than_a_second(origin_factory, switch_factory, lt):
+    """The regression bench/hostile found: above 80% of the cap, eviction closed keep-alive
+    connections idle for microseconds — normal clients about to send their next request
+    (1,100 failed requests during an idle flood). Only connections quiet for EVICT_AFTER go."""
+    sw = _switch(origin_factory, switch_factory, {"keepalive": 30.0})
+    conns = _idle_conns(sw.port, 3)
+    try:
+        assert wait_for(lambda: len(sw.state.clients) == 3, timeout=3)
+        assert lt.call(sw.state.evict_idle, 3) == 0  # idle for a moment only: spared
+        time.sleep(state_mod.EVICT_AFTER + 0.1)
+        assert lt.call(sw.state.evict_idle, 1) == 1  # now the longest idle goes
+        assert conns[0].is_closed(wait=2) and not conns[1].is_closed(wait=0.1)
+    finally:
+        for c in conns:
             c.close()
