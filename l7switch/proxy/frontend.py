@@ -38,7 +38,7 @@ import httptools
 from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
 from ..http.message import DEFAULT_UPGRADES, check_request, error_response, upgrade_tokens
 from ..http.rules import WireView
-from ..net.flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, WAITING, FlowControl
+from ..net.flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, TURN, WAITING, FlowControl
 from ..net.tunnel import TO_SERVER, Tunnel
 from ..spec import ListenerSpec
 from .exchange import QUEUED, RELAYING, Exchange
@@ -68,7 +68,7 @@ class ClientConnection(asyncio.Protocol):
         "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed", "closing_after",
         "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "feeding", "tls",
-        "skip_head", "resume_body", "guard_key", "pace",
+        "skip_head", "resume_body", "guard_key", "pace", "held",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
@@ -101,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         self.resume_body: Exchange | None = None  # an ignored Upgrade whose body llhttp skipped
         self.guard_key: str | None = None  # counted under this per-client key (limits.per_client)
         self.pace: BodyPace | None = None  # while a request body arrives (BODY)
+        self.held: bytes | None = None  # first bytes waiting for their turn (state.FirstBytes)
 
     # ---- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -151,6 +152,26 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closed or (self.flow.paused_for & CLOSING and self.pending_error is not None):
             return  # we are closing after an error; ignore what follows
+        if self.held is not None:
+            self.held += data  # (uvloop does not honour every pause)
+            return
+        if not self.requests and not self.head_fed and self.state == HEAD:
+            # A new connection's first bytes: a bounded number per loop turn (state.FirstBytes).
+            if not self.switch.first.admit(self):
+                self.held = data
+                self.flow.pause_reading(TURN)
+                return
+        self._received(data)
+
+    def take_turn(self) -> None:
+        """Its first bytes' turn has come (state.FirstBytes)."""
+        data, self.held = self.held, None
+        if data is None or self.closed:
+            return
+        self.flow.resume_reading(TURN)
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         state = self.state
         if state == IDLE:
             # The next request's first byte: its head is due timeouts.header from now.
@@ -270,6 +291,9 @@ class ClientConnection(asyncio.Protocol):
         sw.clock.unwatch(self)
         sw.idle.pop(self, None)
         sw.fresh.pop(self, None)
+        if self.held is not None:
+            sw.first.forget(self)
+            self.held = None
         clients = sw.clients
         clients.discard(self)
         if sw.paused and len(clients) <= sw.resume_at:
@@ -516,7 +540,7 @@ class ClientConnection(asyncio.Protocol):
             self.switch.idle.pop(self, None)
             self.drop_idle()  # keep-alive idle: silent close, as nginx and HAProxy do
         elif state == HEAD:
-            if not self.requests and not self.head_fed:
+            if not self.requests and not self.head_fed and self.held is None:
                 self.close()  # not a byte since accept: nothing to answer (as nginx)
             else:
                 self.error(RequestTimeout("request header not received in time"))
@@ -549,7 +573,8 @@ class ClientConnection(asyncio.Protocol):
 
     def silent(self) -> bool:
         """Not a byte since accept (state.IdleClient)."""
-        return not self.requests and not self.head_fed and self.state == HEAD and not self.closed
+        return (not self.requests and not self.head_fed and self.held is None and self.state == HEAD
+                and not self.closed)
 
     def drop_idle(self) -> None:
         """Close a keep-alive connection between requests (expired, or evicted under pressure):

@@ -276,3 +276,32 @@ def test_out_of_fds_on_resume_pauses_briefly_and_retries(proxy, lt, caplog) -> N
     finally:
         accept._serve = real
         a.close()
+
+
+def test_a_storm_of_new_connections_is_paced_and_all_answered(proxy, lt) -> None:
+    """300 connections whose first requests arrive together: some wait for a later loop turn
+    (state.FirstBytes), none is lost, and a keep-alive client's next request is not held up."""
+    import socket as socket_mod
+
+    from l7switch.proxy.state import FIRST_PER_TURN
+    sw, _ = proxy()
+    with Conn(sw.port) as keep:
+        assert served(keep) == 200
+        socks = [socket_mod.create_connection(("127.0.0.1", sw.port)) for _ in range(300)]
+        try:
+            assert wait_for(lambda: protection(sw)["clients"] >= 301, timeout=5)
+            for i, s in enumerate(socks):
+                s.sendall(b"GET /echo/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            assert served(keep) == 200
+            for i, s in enumerate(socks):
+                s.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = s.recv(65536)
+                    assert chunk, f"connection {i} closed"
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200"), (i, data[:60])
+        finally:
+            for s in socks:
+                s.close()
+    assert FIRST_PER_TURN < 300
