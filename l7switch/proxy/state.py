@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -32,7 +32,6 @@ from ..guard.clients import ClientTable
 from ..http.rules import Router
 from ..net.clock import Clock, tick_for
 from ..spec import Config
-from .pacing import ConnectGate, FirstBytes
 from .upstream import ConnectionPool
 
 log = logging.getLogger("l7switch")
@@ -76,6 +75,67 @@ RESUME_AT = 0.9
 #: failed normal clients' requests in bench/hostile's idle flood), and a client that connected
 #: a moment ago has not had time to speak. A second is long for a client that means to talk.
 EVICT_AFTER = 1.0
+
+
+#: New connections whose first bytes are handled per loop turn; the rest wait for the next
+#: turns, in arrival order. A storm of thousands of connections arriving at once (a flood, or
+#: its attackers reconnecting together) otherwise parses, routes and connects them all in one
+#: turn, and every established client waits behind them (HAProxy bounds the same work per
+#: turn with tune.maxaccept, 64 by default, and its run queue depth).
+FIRST_PER_TURN = 64
+
+
+class Newcomer(Protocol):
+    """A client connection whose first bytes were held back (ClientConnection)."""
+
+    def take_turn(self) -> None: ...
+
+
+class FirstBytes:
+    """Paces new connections' first requests: FIRST_PER_TURN per loop turn, the rest queued.
+    Established connections (a keep-alive client's next request) never wait here."""
+
+    __slots__ = ("loop", "count", "waiting", "scheduled")
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.count = 0  # first requests handled this turn
+        self.waiting: deque[Newcomer] = deque()
+        self.scheduled = False
+
+    def admit(self, conn: Newcomer) -> bool:
+        """True: handle its first bytes now; False: it waits (the caller holds them)."""
+        if self.count < FIRST_PER_TURN and not self.waiting:
+            if not self.count:
+                self._schedule()  # a new turn starts the count again
+            self.count += 1
+            return True
+        self.waiting.append(conn)
+        self._schedule()
+        return False
+
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            loop = self.loop or asyncio.get_running_loop()
+            loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """A new loop turn: the waiting connections go first, up to the turn's share."""
+        self.scheduled = False
+        self.count = 0
+        waiting = self.waiting
+        while waiting and self.count < FIRST_PER_TURN:
+            self.count += 1
+            waiting.popleft().take_turn()
+        if waiting or self.count:
+            self._schedule()
+
+    def forget(self, conn: Newcomer) -> None:
+        try:
+            self.waiting.remove(conn)  # (rare: a waiting connection that closed)
+        except ValueError:
+            pass
 
 
 class IdleClient(Protocol):
@@ -143,7 +203,7 @@ class Generation:
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
-                 "idle", "fresh", "first", "connects")
+                 "idle", "fresh", "first")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -153,9 +213,7 @@ class SwitchState:
         # Persistence tables (client address -> server...) belong to the process, not to a
         # generation: a reload hands them to the new pools, so sessions survive it.
         self.tables = tables if tables is not None else Tables()
-        #: Server connects in flight at once are bounded; the rest start as others finish.
-        self.connects = ConnectGate(self.spawn)
-        self.current = Generation(config, self.tables, self.clock, self.connects)
+        self.current = Generation(config, self.tables, self.clock, self.spawn)
         self.clients: set[Client] = set()
         # Tasks exist only for new server connections; asyncio keeps tasks weakly, so we hold them.
         self.tasks: set[asyncio.Task[None]] = set()

@@ -184,7 +184,6 @@ class Switch:
         for client in list(state.clients):
             client.abort()
         state.current.close()
-        state.connects.close()
         state.clock.stop()
         for server in self._closed_servers:
             await server.wait_closed()

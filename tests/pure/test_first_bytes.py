@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from l7switch.proxy.pacing import FIRST_PER_TURN, FirstBytes
+from l7switch.proxy.state import FIRST_PER_TURN, FirstBytes
 
 
 class FakeLoop:
@@ -72,36 +72,3 @@ def test_each_turn_has_its_own_share() -> None:
     loop.turn()  # a new turn: the count starts again
     assert all(first.admit(Newcomer(i, log)) for i in range(FIRST_PER_TURN))
     assert log == []
-
-
-# ---- ConnectGate ------------------------------------------------------------------------------
-
-def test_connect_gate_bounds_connects_in_flight_and_starts_the_rest_in_order() -> None:
-    from l7switch.proxy.pacing import MAX_CONNECTING, ConnectGate
-
-    started: list[Any] = []  # the wrapper coroutines the gate spawned, run by hand below
-    gate = ConnectGate(started.append)
-    done: list[int] = []
-
-    async def connect(i: int) -> None:
-        done.append(i)
-
-    for i in range(MAX_CONNECTING + 5):
-        gate(connect(i))
-    assert gate.running == MAX_CONNECTING and len(gate.waiting) == 5
-    # Finish the first one: the oldest waiting one starts.
-    first = started.pop(0)
-    try:
-        first.send(None)
-    except StopIteration:
-        pass
-    assert done == [0] and gate.running == MAX_CONNECTING and len(gate.waiting) == 4
-    assert len(started) == MAX_CONNECTING  # the replacement was spawned
-    gate.close()  # stopping: those never started are dropped
-    assert not gate.waiting
-    for coro in list(started):  # the ones in flight finish
-        try:
-            coro.send(None)
-        except StopIteration:
-            pass
-    assert gate.running == 0 and len(done) == MAX_CONNECTING + 1  # (the first, and 64 more)

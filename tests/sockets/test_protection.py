@@ -283,7 +283,7 @@ def test_a_storm_of_new_connections_is_paced_and_all_answered(proxy, lt) -> None
     (state.FirstBytes), none is lost, and a keep-alive client's next request is not held up."""
     import socket as socket_mod
 
-    from l7switch.proxy.pacing import FIRST_PER_TURN
+    from l7switch.proxy.state import FIRST_PER_TURN
     sw, _ = proxy()
     with Conn(sw.port) as keep:
         assert served(keep) == 200
