@@ -207,9 +207,9 @@ class PassthroughConnection(asyncio.Protocol):
         self.attempts += 1
         loop = asyncio.get_running_loop()
         try:
-            _, side = await asyncio.wait_for(
-                loop.create_connection(lambda: ServerSide(self, server), server.host, server.port),
-                self.switch.current.timeouts.connect)
+            async with asyncio.timeout(self.switch.current.timeouts.connect):  # (no extra Task)
+                _, side = await loop.create_connection(lambda: ServerSide(self, server), server.host,
+                                                       server.port)
         except Exception as exc:  # never leave a client hanging, whatever went wrong
             if not isinstance(exc, OSError):  # (asyncio.TimeoutError is an OSError since 3.11)
                 log.exception("connect to %s failed", server.address)

@@ -267,10 +267,11 @@ class ConnectionPool:
 
     async def connect(self, timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: UpstreamConnection(self.server, self), self.server.host,
-                                   self.server.port),
-            timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps the connect in a second
+        # Task, one more per new server connection.
+        async with asyncio.timeout(timeout):
+            _, conn = await loop.create_connection(lambda: UpstreamConnection(self.server, self),
+                                                   self.server.host, self.server.port)
         self.opened += 1
         return conn
 
