@@ -89,22 +89,11 @@ class PassthroughConnection(asyncio.Protocol):
         self.flow = FlowControl(t)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        sw = self.switch
-        guard = sw.guard
-        if guard is not None:
-            key = guard.key(self.peer_ip)
-            if key is not None:
-                if not guard.connect(key):
-                    # Over its client's connection limit: closed before its hello is read.
-                    self.phase = CLOSED
-                    t.close()
-                    sw.client_refused(self.peer_ip, key)
-                    return
-                self.guard_key = key
-        clients = sw.clients
-        clients.add(self)
-        if len(clients) >= sw.crowded_at > 0:
-            sw.crowded()  # near or at the connection cap (proxy/state.py)
+        admitted, self.guard_key = self.switch.client_in(self, self.peer_ip)
+        if not admitted:  # over its client's connection limit: closed before its hello is read
+            self.phase = CLOSED
+            t.close()
+            return
         if self.switch.draining:
             self.close()
             return
@@ -147,13 +136,8 @@ class PassthroughConnection(asyncio.Protocol):
         self.phase = CLOSED
         sw = self.switch
         sw.clock.unwatch(self)
-        clients = sw.clients
-        clients.discard(self)
-        if sw.paused and len(clients) <= sw.resume_at:
-            sw.uncrowded()
         key, self.guard_key = self.guard_key, None
-        if key is not None and sw.guard is not None:
-            sw.guard.disconnect(key)
+        sw.client_out(self, key)
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.lost(exc)

@@ -112,18 +112,11 @@ class ClientConnection(asyncio.Protocol):
         if transport.get_extra_info("ssl_object") is not None:
             self.tls, self.proto = True, b"https"
         sw = self.switch
-        guard = sw.guard
-        if guard is not None:
-            key = guard.key(self.peer_ip)
-            if key is not None:
-                if not guard.connect(key):
-                    # Over its client's connection limit: closed before a byte is read, and
-                    # never counted (LVS drops, HAProxy "tcp-request connection reject").
-                    self.closed = True
-                    t.close()
-                    sw.client_refused(self.peer_ip, key)
-                    return
-                self.guard_key = key
+        admitted, self.guard_key = sw.client_in(self, self.peer_ip)
+        if not admitted:  # over its client's connection limit
+            self.closed = True
+            t.close()
+            return
         # The first head is due timeouts.header from accept (HAProxy "timeout http-request"),
         # not timeouts.client: a connection that sends nothing, or a byte now and then, is gone
         # by then.
@@ -132,10 +125,6 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = now + sw.current.timeouts.header
         sw.fresh[self] = now
         sw.clock.watch(self)
-        clients = sw.clients
-        clients.add(self)
-        if len(clients) >= sw.crowded_at > 0:
-            sw.crowded()  # near or at the connection cap (proxy/state.py)
         if sw.draining:
             self.closing_after = True
 
@@ -294,13 +283,8 @@ class ClientConnection(asyncio.Protocol):
         if self.held is not None:
             sw.first.forget(self)
             self.held = None
-        clients = sw.clients
-        clients.discard(self)
-        if sw.paused and len(clients) <= sw.resume_at:
-            sw.uncrowded()
         key, self.guard_key = self.guard_key, None
-        if key is not None and sw.guard is not None:
-            sw.guard.disconnect(key)
+        sw.client_out(self, key)
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.lost(exc)

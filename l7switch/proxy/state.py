@@ -326,6 +326,34 @@ class SwitchState:
         if self.accept is not None:
             self.accept.resume()
 
+    # ---- a client connection arrives and leaves (HTTP and tls-passthrough alike) -----------------
+    def client_in(self, client: Client, ip: str) -> tuple[bool, str | None]:
+        """A client connection from ``ip`` was accepted: (False, None) when it is over its
+        client's connection limit (the caller closes it before a byte is read; it is never
+        counted: LVS drops, HAProxy "tcp-request connection reject"), else (True, the per-client
+        key it is counted under). It joins ``clients``, and the cap is looked at."""
+        guard = self.guard
+        key = None
+        if guard is not None:
+            key = guard.key(ip)
+            if key is not None and not guard.connect(key):
+                self.client_refused(ip, key)
+                return False, None
+        clients = self.clients
+        clients.add(client)
+        if len(clients) >= self.crowded_at > 0:
+            self.crowded()  # near or at the connection cap
+        return True, key
+
+    def client_out(self, client: Client, key: str | None) -> None:
+        """A client connection counted by ``client_in`` (under ``key``) is gone."""
+        clients = self.clients
+        clients.discard(client)
+        if self.paused and len(clients) <= self.resume_at:
+            self.uncrowded()
+        if key is not None and self.guard is not None:
+            self.guard.disconnect(key)
+
     # ---- per-client limits ------------------------------------------------------------------------
     def client_refused(self, ip: str, key: str) -> None:
         """A connection from ``ip`` was over its client's limit (closed by the caller): logged at
