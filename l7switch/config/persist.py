@@ -22,7 +22,8 @@ from yaml.nodes import Node
 
 from ..balance.persistence import COOKIE_MODES, DELIM, cookie_ids
 from ..spec import PersistenceSpec, PoolSpec, ServerSpec
-from .yamlnodes import Issues, boolean, did_you_mean, duration, integer, is_null, mapping, nonempty_text, text
+from .yamlnodes import (Issues, boolean, did_you_mean, duration, integer, is_null, mapping, nonempty_text,
+                        read_fields, text)
 
 METHODS = ("cookie", "source", "ssl_session")
 # RFC 6265 §4.1.1: cookie-name is an RFC 2616 token, the same set as RFC 9110 §5.6.2's.
@@ -125,13 +126,10 @@ def parse_persistence(node: Node, path: str, pool: str, servers: Sequence[Server
         entries = mapping(opts, f"{path}.{method}", issues, readers)
         if entries is None:
             return None
-        failed = False
-        for name, (_, value) in entries.items():
-            v = readers[name](value, f"{path}.{method}.{name}", issues)
-            failed = failed or v is None
-            values[_FIELDS.get((method, name), name)] = v
-        if failed:
+        read = read_fields(entries, readers, f"{path}.{method}", issues)
+        if read is None:
             return None
+        values.update((_FIELDS.get((method, name), name), v) for name, v in read.items())
     spec = PersistenceSpec(**values)
     if method == "cookie" and not _unique_ids(spec, key, path, pool, servers, issues):
         return None

@@ -27,7 +27,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from ..spec import PerClientSpec
 from ..units import parse_size
 from .persist import netmask_reader
-from .yamlnodes import Issues, integer, is_null, mapping, text, text_list
+from .yamlnodes import Issues, integer, is_null, mapping, read_fields, text, text_list
 
 #: Sentinels a reader returns for a value that is fine but is not the field's final value
 #: (None means "failed, already reported").
@@ -113,13 +113,8 @@ def per_client(node: Node, path: str, issues: Issues) -> Any:
     m = mapping(node, path, issues, PER_CLIENT_READERS)
     if m is None:
         return None
-    values: dict[str, Any] = {}
-    failed = False
-    for key, (_, value) in m.items():
-        v = PER_CLIENT_READERS[key](value, f"{path}.{key}", issues)
-        failed = failed or v is None
-        values[key] = v
-    if failed:
+    values = read_fields(m, PER_CLIENT_READERS, path, issues)
+    if values is None:
         return None
     spec = PerClientSpec(**values)
     if not spec.connections and not spec.requests_per_second:

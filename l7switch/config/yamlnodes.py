@@ -251,15 +251,21 @@ def record(node: Node, issues: Issues, name: str, cls: type,
 
     On any error the defaults come back (the error is recorded; the Config will not be built)."""
     m = mapping(node, name, issues, readers)
-    if m is None:
-        return cls()
+    values = read_fields(m, readers, name, issues) if m is not None else None
+    return cls() if values is None else cls(**values)
+
+
+def read_fields(m: dict[str, tuple[Node, Node]], readers: dict[str, Callable[[Node, str, Issues], Any]],
+                path: str, issues: Issues) -> dict[str, Any] | None:
+    """Each key of mapping ``m`` (as ``mapping()`` returns it) read by its reader: the values by
+    key, or None if any reader failed (every failure is recorded: all are read)."""
     values: dict[str, Any] = {}
     failed = False
     for key, (_, value) in m.items():
-        v = readers[key](value, f"{name}.{key}", issues)
+        v = readers[key](value, f"{path}.{key}", issues)
         failed = failed or v is None
         values[key] = v
-    return cls() if failed else cls(**values)
+    return None if failed else values
 
 
 def plain_value(node: Node, path: str, issues: Issues) -> Any:
