@@ -430,16 +430,3 @@ def build_persistence(spec: PoolSpec, servers: Sequence[Server], tables: Tables)
         return SourcePersistence(p, spec.name, servers, tables)
     return SSLSessionPersistence(p, spec.name, servers, tables)
 
-
-class TableSweep:
-    """Watched by the switch's clock: drops expired persistence entries every SWEEP_INTERVAL."""
-
-    __slots__ = ("tables", "deadline")
-
-    def __init__(self, tables: Tables, now: float) -> None:
-        self.tables = tables
-        self.deadline = now + SWEEP_INTERVAL
-
-    def on_deadline(self, now: float) -> None:
-        self.tables.expire()
-        self.deadline = now + SWEEP_INTERVAL

@@ -56,6 +56,25 @@ def tick_for(*timeouts: float) -> float:
     return max(0.05, min(1.0, min(timeouts) / 4))
 
 
+class Every:
+    """A periodic job on the clock (``Clock.every``)."""
+
+    __slots__ = ("clock", "interval", "fn", "deadline")
+
+    def __init__(self, clock: Clock, interval: float, fn: Callable[[float], object]) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.fn = fn
+        self.deadline = time.monotonic() + (interval or clock.tick)
+
+    def on_deadline(self, now: float) -> None:
+        self.fn(now)
+        self.deadline = now + (self.interval or self.clock.tick)
+
+    def __repr__(self) -> str:
+        return f"<Every {self.interval or self.clock.tick:g}s {self.fn!r}>"
+
+
 class Clock:
     __slots__ = ("tick", "watched", "_task", "_backlog", "_later", "_follow_up", "slices")
 
@@ -72,6 +91,13 @@ class Clock:
 
     def watch(self, obj: Timed) -> None:
         self.watched.add(obj)
+
+    def every(self, interval: float, fn: Callable[[float], object]) -> Every:
+        """Run ``fn(now)`` about every ``interval`` seconds (0: every tick) on this clock, not on
+        a timer of its own (persistence table sweeps, pools' ticks, pressure relief)."""
+        job = Every(self, interval, fn)
+        self.watch(job)
+        return job
 
     def unwatch(self, obj: Timed) -> None:
         self.watched.discard(obj)

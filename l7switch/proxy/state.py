@@ -147,20 +147,6 @@ class IdleClient(Protocol):
         """Not a byte since accept."""
 
 
-class IdleRelief:
-    """Watched by the clock: closes idle keep-alive connections while above PRESSURE."""
-
-    __slots__ = ("state", "deadline")
-
-    def __init__(self, state: SwitchState) -> None:
-        self.state = state
-        self.deadline = 1.0  # (long past: the first sweep looks, then every tick)
-
-    def on_deadline(self, now: float) -> None:
-        self.state.relieve_pressure()
-        self.deadline = now + self.state.clock.tick
-
-
 class Generation:
     __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice")
 
@@ -242,7 +228,7 @@ class SwitchState:
         #: at once at most).
         self.fresh: OrderedDict[IdleClient, float] = OrderedDict()
         self.first = FirstBytes()
-        self.clock.watch(IdleRelief(self))
+        self.clock.every(0, lambda now: self.relieve_pressure())  # once a tick
         # Request ids: this process's random prefix + a counter, unique across restarts and
         # workers without coordination (nginx's $request_id is 32 random hex digits).
         self.id_prefix = os.urandom(3).hex()
@@ -308,7 +294,7 @@ class SwitchState:
         # Idle keep-alive connections go first, oldest first, to make room before the cap: one
         # out for each one in (the closed ones leave ``clients`` only in their connection_lost,
         # a loop pass later, so sizing the eviction from len(clients) here would close far too
-        # many; the clock's IdleRelief does the sizing once per tick).
+        # many; the clock's relieve_pressure job does the sizing once per tick).
         self.evict_idle(1)
         if len(self.clients) >= self.max_connections and not self.paused:
             self.paused = True

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..balance.persistence import TableSweep
+from ..balance.persistence import SWEEP_INTERVAL
 from ..balance.store import Tables
 from ..checks.checker import HealthChecker, needs_checker, pool_deliver
 from ..net.pipes import MAX_PIPES
@@ -47,21 +47,6 @@ FD_RESERVE = 256 + 2 * MAX_PIPES
 POOL_TICK = 0.5
 
 
-class PoolTick:
-    """Watched by the switch's clock: ``ServerPool.tick`` for the current pools."""
-
-    __slots__ = ("state", "deadline")
-
-    def __init__(self, state: SwitchState, now: float) -> None:
-        self.state = state
-        self.deadline = now + POOL_TICK
-
-    def on_deadline(self, now: float) -> None:
-        for pool in self.state.current.pools.values():
-            pool.tick(now)
-        self.deadline = now + POOL_TICK
-
-
 class ListenError(Exception):
     """A listener could not be opened; the message is one line an operator can act on."""
 
@@ -70,14 +55,20 @@ class Switch:
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         self.config = config
         self.state = SwitchState(config, tables)
-        self.state.clock.watch(TableSweep(self.state.tables, time.monotonic()))
-        self.state.clock.watch(PoolTick(self.state, time.monotonic()))
+        state = self.state
+        state.clock.every(SWEEP_INTERVAL, lambda now: state.tables.expire())
+        state.clock.every(POOL_TICK, self._tick_pools)
         self.accept = Listeners()  # pauses and resumes at the connection cap (proxy/state.Accept)
         self._closed_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
         # Active checks and agents; results go to the current generation's pools, so a reload
         # swaps pools under running checks.
         self.checker: HealthChecker | None = None
+
+    def _tick_pools(self, now: float) -> None:
+        """``ServerPool.tick`` for the current pools (ejections ending, slow start, queues)."""
+        for pool in self.state.current.pools.values():
+            pool.tick(now)
 
     # ---- the shared state, as tests, the admin CLI and the monitor read it -------------------------
     @property
