@@ -5,11 +5,13 @@ sockets on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import pytest
 from kit import Behaviour, LoopThread, RawOrigin, simple_config
 
+import l7switch.net.splice
 from l7switch.config import parse_config
 from l7switch.devtools.origin import OriginServer, standard_handler
 from l7switch.runtime.switch import Switch
@@ -130,3 +132,16 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+@pytest.fixture
+def count_splice(monkeypatch):
+    """``count_splice[0]``: how many os.splice calls the switch made during the test."""
+    calls = [0]
+    real = os.splice
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(l7switch.net.splice.os, "splice", counting)
+    return calls

@@ -16,7 +16,6 @@ import pytest
 from kit import Conn, avail_config, get, read_head, simple_config, wait_for
 
 import l7switch.net.pipes as pipes
-import l7switch.net.splice
 from l7switch.devtools.origin import pattern_bytes
 from l7switch.net.pipes import PipePool
 from l7switch.net.poller import poller_for
@@ -40,18 +39,6 @@ def loop_errors(lt):
     lt.call(gc.collect)  # "Task exception was never retrieved" is reported when a task is freed
     lt.call(lt.loop.set_exception_handler, None)
     assert not seen, seen
-
-
-@pytest.fixture
-def count_splice(monkeypatch):
-    calls = [0]
-    real = os.splice
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(l7switch.net.splice.os, "splice", counting)
-    return calls
 
 
 def test_slow_spliced_uploads_cost_two_fds_each(lt, raw_origin, switch_factory, loop_errors):

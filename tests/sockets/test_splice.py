@@ -11,7 +11,6 @@ import time
 import pytest
 from kit import Conn, get, read_head, simple_config
 
-import l7switch.net.splice
 from l7switch.devtools.origin import pattern_bytes
 
 MiB = 1 << 20
@@ -31,18 +30,6 @@ def direct(port: int, path: str) -> bytes:
 def post(path: str, body: bytes, extra: str = "") -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode()
             + body)
-
-
-@pytest.fixture
-def count_splice(monkeypatch):
-    calls = [0]
-    real = os.splice
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-    monkeypatch.setattr(l7switch.net.splice.os, "splice", counting)
-    return calls
 
 
 @pytest.mark.parametrize("enabled", [True, False])
