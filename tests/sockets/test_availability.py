@@ -141,7 +141,10 @@ def test_full_queue_is_a_503_with_retry_after_at_once(counting, switch_factory, 
     assert pool_snap(lt, sw)["queue"]["rejected"] == 1
 
 
-def test_queued_client_that_leaves_leaves_the_queue_at_once(counting, switch_factory, lt):
+@pytest.mark.parametrize("how", ["reset", "half-close"])
+def test_queued_client_that_leaves_leaves_the_queue_at_once(how, counting, switch_factory, lt):
+    """A queued request whose client goes leaves the queue at once; a FIN while waiting for a
+    slot counts as leaving too (HAProxy's abortonclose, which its manual advises with queues)."""
     o, h = counting("o0", 0.6)
     sw = switch_factory(config([o.port], maxconn=1))
     with Conn(sw.port) as a:
@@ -150,31 +153,19 @@ def test_queued_client_that_leaves_leaves_the_queue_at_once(counting, switch_fac
         b = Conn(sw.port)
         b.send(get("/gone"))
         assert wait_for(lambda: pool_snap(lt, sw)["queue"]["queued"] == 1)
-        rst_close(b)
+        if how == "reset":
+            rst_close(b)
+        else:
+            b.sock.shutdown(socket.SHUT_WR)
         assert wait_for(lambda: pool_snap(lt, sw)["queue"]["queued"] == 0, timeout=0.3)
+        if how == "half-close":
+            assert b.read_to_close(limit=3) == b""
+            b.close()
         assert a.response().status == 200
         a.send(get("/after"))
         assert a.response().status == 200
     assert h.paths == ["/a", "/after"]  # the origin never saw the one that left
     assert pool_snap(lt, sw)["queue"]["served"] == 0
-
-
-def test_queued_client_that_half_closes_leaves_the_queue(counting, switch_factory, lt):
-    """A FIN while waiting for a slot counts as leaving (HAProxy's abortonclose with queues)."""
-    o, h = counting("o0", 0.6)
-    sw = switch_factory(config([o.port], maxconn=1))
-    with Conn(sw.port) as a:
-        a.send(get("/a"))
-        assert wait_for(lambda: server_snap(lt, sw, "o0")["inflight"] == 1)
-        b = Conn(sw.port)
-        b.send(get("/gone"))
-        assert wait_for(lambda: pool_snap(lt, sw)["queue"]["queued"] == 1)
-        b.sock.shutdown(socket.SHUT_WR)
-        assert wait_for(lambda: pool_snap(lt, sw)["queue"]["queued"] == 0, timeout=0.3)
-        assert b.read_to_close(limit=3) == b""
-        b.close()
-        assert a.response().status == 200
-    assert h.paths == ["/a"]
 
 
 def test_hashed_requests_wait_in_their_servers_queue(counting, switch_factory, lt):
