@@ -170,6 +170,19 @@ class Conn:
     def __enter__(self) -> Conn:
         return self
 
+    def trickle(self, data: bytes, every: float, limit: float) -> None:
+        """Send ``data`` a byte at a time, ``every`` seconds apart, for ``limit`` seconds at most;
+        stops early when the peer has closed (a send fails)."""
+        t0 = time.monotonic()
+        for i in range(len(data)):
+            try:
+                self.send(data[i:i + 1])
+            except OSError:
+                return
+            time.sleep(every)
+            if time.monotonic() - t0 > limit:
+                return
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 

@@ -145,17 +145,7 @@ def test_header_deadline_408(proxy):
 def test_header_deadline_not_extended_by_trickling(proxy):
     sw, _ = proxy("timeouts: {header: 0.3s}\n")
     c = Conn(sw.port)
-    head = b"GET /echo HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: 1\r\n" * 40
-    got = None
-    t0 = time.monotonic()
-    for i in range(len(head)):
-        try:
-            c.send(head[i:i + 1])
-        except OSError:
-            break
-        time.sleep(0.02)
-        if time.monotonic() - t0 > 1.5:
-            break
+    c.trickle(b"GET /echo HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: 1\r\n" * 40, 0.02, 1.5)
     got = c.response()
     assert got.status == 408
     c.close()

@@ -181,14 +181,7 @@ def test_trickled_head_gets_408_at_header_timeout(origin_factory, switch_factory
     head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
     with Conn(sw.port) as c:
         t0 = time.monotonic()
-        for i in range(len(head)):
-            try:
-                c.send(head[i:i + 1])
-            except OSError:
-                break
-            time.sleep(0.1)
-            if time.monotonic() - t0 > 3:
-                break
+        c.trickle(head, 0.1, 3)
         r = c.response()
         assert r.status == 408
         assert time.monotonic() - t0 < 2.0
