@@ -34,10 +34,6 @@ from typing import Any
 from ..balance.persistence import source_key
 from ..spec import PerClientSpec
 
-#: One log line per this many seconds for each kind of refusal, with the count of those not
-#: logged: a flood must not turn into a flood of log lines (HAProxy's log rate is bounded by
-#: its sessions; nginx's limit_req logs every rejection, which operators then rate-limit).
-LOG_EVERY = 1.0
 #: How many entries with open connections an eviction passes over (moving them to the recent
 #: end) before it drops one anyway. A small constant keeps an insertion O(1).
 PIN_TRIES = 8
@@ -62,7 +58,7 @@ class Entry:
 
 class ClientTable:
     __slots__ = ("spec", "max_conns", "rate", "burst", "netmask", "netmask6", "max_entries", "clock",
-                 "_d", "_trusted", "evicted", "refused", "limited", "_log_next", "_log_skipped")
+                 "_d", "_trusted", "evicted", "refused", "limited")
 
     def __init__(self, spec: PerClientSpec, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -70,8 +66,6 @@ class ClientTable:
         self.evicted = 0  # entries dropped because the table was full
         self.refused = 0  # connections refused, all clients
         self.limited = 0  # requests limited, all clients
-        self._log_next: dict[str, float] = {}
-        self._log_skipped: dict[str, int] = {}
         self.configure(spec)
 
     def configure(self, spec: PerClientSpec) -> None:
@@ -132,16 +126,6 @@ class ClientTable:
         e.limited += 1
         self.limited += 1
         return (1.0 - tokens) / rate
-
-    def log_due(self, kind: str) -> int | None:
-        """Whether to log a refusal of ``kind`` now: None (not yet: at most one line per
-        LOG_EVERY s per kind), else how many went unlogged since the last line."""
-        now = self.clock()
-        if now < self._log_next.get(kind, 0.0):
-            self._log_skipped[kind] = self._log_skipped.get(kind, 0) + 1
-            return None
-        self._log_next[kind] = now + LOG_EVERY
-        return self._log_skipped.pop(kind, 0)
 
     # ---- the table ----------------------------------------------------------------------------------
     def _entry(self, key: str) -> Entry:

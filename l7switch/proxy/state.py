@@ -31,6 +31,7 @@ from ..errors import TooManyRequests
 from ..guard.clients import ClientTable
 from ..http.rules import Router
 from ..net.clock import Clock, tick_for
+from ..net.ratelog import RateLimited
 from ..spec import Config
 from .upstream import ConnectionPool
 
@@ -189,7 +190,7 @@ class Generation:
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
-                 "idle", "fresh", "first")
+                 "idle", "fresh", "first", "refusals_log", "rate_log")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -217,6 +218,11 @@ class SwitchState:
         #: Per-client limits (None: off): process-wide, like the persistence tables, so a
         #: reload keeps each client's counts.
         self.guard = ClientTable(per_client) if per_client is not None else None
+        # A flood must not become a flood of log lines: one line a second per kind of refusal,
+        # with the count of those held back (nginx's limit_req logs every rejection, which
+        # operators then have to rate-limit themselves).
+        self.refusals_log = RateLimited(log)
+        self.rate_log = RateLimited(log)
         #: Keep-alive connections between requests, oldest idle first, with the time each went
         #: idle (insertion order: a connection leaves when its next request starts and comes
         #: back at the end). One dict store and one pop per request buy O(1) oldest-first
@@ -346,11 +352,8 @@ class SwitchState:
         most once a second, with how many were not."""
         guard = self.guard
         assert guard is not None
-        skipped = guard.log_due("connections")
-        if skipped is not None:
-            more = f" (and {skipped} more refused since the last line)" if skipped else ""
-            log.warning("per-client limit: connection from %s closed: %s has %d open (limits.per_client."
-                        "connections)%s", ip, key, guard.max_conns, more)
+        self.refusals_log.warning("per-client limit: connection from %s closed: %s has %d open "
+                                  "(limits.per_client.connections)", ip, key, guard.max_conns)
 
     def rate_check(self, key: str, ip: str) -> TooManyRequests | None:
         """A request from client ``key``: None to pass, or the 429 to answer it with."""
@@ -359,11 +362,8 @@ class SwitchState:
         wait = guard.request(key)
         if not wait:
             return None
-        skipped = guard.log_due("rate")
-        if skipped is not None:
-            more = f" (and {skipped} more since the last line)" if skipped else ""
-            log.warning("per-client limit: 429 to %s: %s over %g requests/s (limits.per_client)%s",
-                        ip, key, guard.rate, more)
+        self.rate_log.warning("per-client limit: 429 to %s: %s over %g requests/s (limits.per_client)",
+                              ip, key, guard.rate)
         # Retry-After is whole seconds (RFC 9110 §10.2.3): round up, never 0.
         return TooManyRequests(f"over {guard.rate:g} requests per second", retry_after=max(1, math.ceil(wait)))
 

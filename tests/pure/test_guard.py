@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from l7switch.guard.clients import LOG_EVERY, ClientTable, describe
+from l7switch.config import parse_config
+from l7switch.guard.clients import ClientTable, describe
 from l7switch.spec import PerClientSpec
 
 
@@ -134,14 +135,25 @@ def test_eviction_passes_over_clients_with_open_connections() -> None:
     assert len(u) == 3
 
 
-def test_log_lines_are_paced_per_kind_with_a_count_of_the_rest() -> None:
-    clock = FakeClock()
-    t = table(clock, connections=1)
-    assert t.log_due("conn") == 0
-    assert t.log_due("conn") is None and t.log_due("conn") is None
-    assert t.log_due("rate") == 0  # another kind has its own pace
-    clock.now += LOG_EVERY
-    assert t.log_due("conn") == 2
+def test_log_lines_are_paced_per_kind_with_a_count_of_the_rest(monkeypatch, caplog) -> None:
+    """The refusal lines (proxy/state.py) go through one net/ratelog limiter per kind."""
+    import logging
+
+    from l7switch.net import ratelog
+    from l7switch.proxy.state import SwitchState
+    now = [100.0]
+    monkeypatch.setattr(ratelog.time, "monotonic", lambda: now[0])
+    config = parse_config("listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:9]}}\ndefault_pool: p\n"
+                          "limits: {per_client: {connections: 1, requests_per_second: 1, burst: 1}}\n")
+    state = SwitchState(config)
+    with caplog.at_level(logging.WARNING, logger="l7switch"):
+        assert state.refusals_log.warning("conn %d", 1)
+        assert not state.refusals_log.warning("conn %d", 2)
+        assert not state.refusals_log.warning("conn %d", 3)
+        assert state.rate_log.warning("rate %d", 1)  # another kind has its own pace
+        now[0] += state.refusals_log.interval
+        assert state.refusals_log.warning("conn %d", 4)
+    assert [r.getMessage() for r in caplog.records] == ["conn 1", "rate 1", "conn 4 (2 more like it suppressed)"]
 
 
 def test_configure_keeps_counts_and_applies_the_new_bound() -> None:
