@@ -524,7 +524,7 @@ class ClientConnection(asyncio.Protocol):
             self.switch.idle.pop(self, None)
             self.drop_idle()  # keep-alive idle: silent close, as nginx and HAProxy do
         elif state == HEAD:
-            if not self.requests and not self.head_fed and self.held is None:
+            if self.silent():
                 self.close()  # not a byte since accept: nothing to answer (as nginx)
             else:
                 self.error(RequestTimeout("request header not received in time"))
