@@ -210,6 +210,11 @@ class Limits:
     # A request body slower than this (bytes/s over a sliding window, after a grace period) gets
     # 408; Apache mod_reqtimeout's default MinRate=500. 0: off.
     min_body_rate: int = 500
+    # Bytes of a request body read before a server is chosen and connected (the whole body when
+    # it is smaller), so a slow upload holds no server connection, pipe or fd on the server's side:
+    # HAProxy's "option http-buffer-request", nginx's proxy_request_buffering (on by default).
+    # At most 64 KiB (net/flow.HIGH_WATER, where reading pauses); 0: off.
+    buffer_body: int = 65536
 
 
 @dataclass(frozen=True, slots=True)

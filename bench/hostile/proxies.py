@@ -127,6 +127,8 @@ def l7switch_command(cfg: Path) -> tuple[list[str], dict[str, str]]:
     """``python -m l7switch`` of the tree this bench lives in (not whatever the venv points at);
     $L7SWITCH_CMD overrides the program, as in bench/run.py."""
     env = {**os.environ, "PYTHONPATH": str(TREE["path"])}
+    if os.environ.get("L7SWITCH_STALLWATCH"):  # run.py --stallwatch: stallwatch/sitecustomize.py
+        env["PYTHONPATH"] = f"{HERE / 'stallwatch'}{os.pathsep}{env['PYTHONPATH']}"
     if os.environ.get("L7SWITCH_CMD"):
         return bl.l7switch_cmd(cfg), dict(os.environ)
     return [sys.executable, "-m", "l7switch", "run", "-c", str(cfg)], env

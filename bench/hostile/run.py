@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -139,6 +140,8 @@ def main() -> int:
     ap.add_argument("--l7-max-connections", type=int, default=None,
                     help="limits.max_connections (default: not set, l7switch derives it)")
     ap.add_argument("--haproxy-maxconn", type=int, default=0, help="default: (hard fd limit - 200) / 2.5")
+    ap.add_argument("--stallwatch", type=Path, help="l7switch: write its event-loop stalls (> 50 ms) and "
+                    "the stacks seen during each to this file (bench/hostile/stallwatch/)")
     ap.add_argument("--compare", type=Path, help="an earlier run's .json: its l7switch rows shown as 'before'")
     ap.add_argument("--label", default="", help="appended to l7switch's name in the table (e.g. 'after')")
     ap.add_argument("--l7switch-tree", type=Path, help="measure the l7switch package of this source tree "
@@ -148,6 +151,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=OUT, help="markdown report (.json beside it)")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args()
+    if args.stallwatch:
+        os.environ["L7SWITCH_STALLWATCH"] = str(args.stallwatch.resolve())
     attacks = [a for a in args.attacks.split(",") if a]
     proxies = [p for p in args.proxies.split(",") if p]
     bad = [a for a in attacks if a not in ATTACKS] + [p for p in proxies if p not in PROXIES]

@@ -333,7 +333,7 @@ def _limits(node: Node, issues: Issues) -> Limits:
         "max_header_bytes": size, "max_body_bytes": body, "max_response_header_bytes": size,
         "max_headers": lambda n, p, i: integer(n, p, i, minimum=1),
         "max_connections": protect.max_connections, "per_client": protect.per_client,
-        "min_body_rate": protect.min_body_rate,
+        "min_body_rate": protect.min_body_rate, "buffer_body": protect.buffer_body,
     })
     if limits.max_body_bytes is _UNLIMITED:
         limits = dataclasses.replace(limits, max_body_bytes=None)

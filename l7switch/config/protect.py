@@ -1,9 +1,10 @@
 """Reading the self-protection keys of ``limits``: the connection cap, per-client limits and the
-minimum request-body rate::
+minimum request-body rate, and how much of a body is read before a server is connected::
 
     limits:
       max_connections: 10000          # or auto (the default): derived from the fd limit at start
       min_body_rate: 500B/s           # 0 or off: no minimum
+      buffer_body: 64KiB              # read before connecting; 0 or off: connect at the head
       per_client:
         connections: 100              # open connections per client address (prefix)
         requests_per_second: 50       # token bucket; over it: 429 with Retry-After
@@ -24,10 +25,11 @@ from typing import Any
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from ..net.flow import HIGH_WATER
 from ..spec import PerClientSpec
 from ..units import parse_size
 from .persist import netmask_reader
-from .yamlnodes import Issues, integer, is_null, mapping, read_fields, text, text_list
+from .yamlnodes import Issues, integer, is_null, mapping, read_fields, size, text, text_list
 
 #: Sentinels a reader returns for a value that is fine but is not the field's final value
 #: (None means "failed, already reported").
@@ -62,6 +64,19 @@ def min_body_rate(node: Node, path: str, issues: Issues) -> int | None:
         issues.add(node, f"{path}: expected bytes per second such as '500B/s' or '1KiB/s' "
                    f"(0 or off: no minimum), found {value!r}")
         return None
+
+
+def buffer_body(node: Node, path: str, issues: Issues) -> int | None:
+    """A size up to 64 KiB (net/flow.HIGH_WATER: held bytes beyond it pause reading anyway);
+    ``0`` or ``off``: requests connect at their head, as before."""
+    if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF_WORDS:
+        return 0
+    value = size(node, path, issues, minimum=0)
+    if value is not None and value > HIGH_WATER:
+        issues.add(node, f"{path}: at most 64KiB (reading the client pauses there while no server "
+                   f"is connected), found {node.value!r}")
+        return None
+    return value
 
 
 def _rate(node: Node, path: str, issues: Issues) -> float | None:

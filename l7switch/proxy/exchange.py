@@ -10,11 +10,20 @@ tunnel (net/tunnel.py) after the server's 101.
 
 Its life is one ``Phase``, set where each transition happens::
 
-    PENDING -> [QUEUED] -> CONNECTING -> AWAITING -> RELAYING -> COMPLETE -> DONE
-                               ^           |  |          '-> SPLICING -'
-                               |           |  '-> UPGRADING -> TUNNEL -----> DONE
-                               '-----------'  a safe retry, or a stale pooled connection
+    PENDING -> [BUFFERING] -> [QUEUED] -> CONNECTING -> AWAITING -> RELAYING -> COMPLETE -> DONE
+                                                 ^           |  |          '-> SPLICING -'
+                                                 |           |  '-> UPGRADING -> TUNNEL -----> DONE
+                                                 '-----------'  a safe retry, or a stale pooled connection
     (any phase -> DONE when it fails or the client leaves)
+
+BUFFERING: a request with a body reads ``limits.buffer_body`` bytes of it (or all of it, if
+smaller) before a server is chosen (HAProxy's ``option http-buffer-request``, nginx's
+``proxy_request_buffering``): a slow upload costs one client socket and what it has sent, not
+a server connection, a slot in a scheduler's counts and a pipe. The client's pace limits
+(``min_body_rate``, ``timeouts.client``) apply as to any body. Not for ``Expect: 100-continue``
+(the client waits for the server's word before it sends the body) nor an Upgrade, and not once
+all buffering bodies hold ``BUFFER_BUDGET`` bytes together (memory stays bounded: beyond it
+requests connect at their head, as with buffering off).
 
 QUEUED: every server it may go to is at its ``maxconn`` (balance/queue.py); it waits, in
 arrival order, up to the queue timeout (then 503 with Retry-After) or until its client leaves.
@@ -65,18 +74,25 @@ log = logging.getLogger("l7switch")
 
 class Phase(IntEnum):
     PENDING = 0  # parsed and routed; waits behind an earlier request on its client connection
-    QUEUED = 1  # waits in a pool's or server's queue for a server below its maxconn
-    CONNECTING = 2  # a server is chosen; its connection is being opened (request bytes wait)
-    AWAITING = 3  # connected: the request goes up as it arrives; no final response head yet
-    UPGRADING = 4  # the server answered 101; the tunnel starts when its parser hands over
-    RELAYING = 5  # the response head is out; the body streams through Python
-    SPLICING = 6  # the response body crosses by splice(2)
-    COMPLETE = 7  # the response has been read in full; the exchange ends after this read
-    TUNNEL = 8  # after a 101: bytes both ways until either side closes
-    DONE = 9  # answered, failed or abandoned; nothing more happens
+    BUFFERING = 1  # reads the first limits.buffer_body bytes of its body before choosing a server
+    QUEUED = 2  # waits in a pool's or server's queue for a server below its maxconn
+    CONNECTING = 3  # a server is chosen; its connection is being opened (request bytes wait)
+    AWAITING = 4  # connected: the request goes up as it arrives; no final response head yet
+    UPGRADING = 5  # the server answered 101; the tunnel starts when its parser hands over
+    RELAYING = 6  # the response head is out; the body streams through Python
+    SPLICING = 7  # the response body crosses by splice(2)
+    COMPLETE = 8  # the response has been read in full; the exchange ends after this read
+    TUNNEL = 9  # after a 101: bytes both ways until either side closes
+    DONE = 10  # answered, failed or abandoned; nothing more happens
 
 
-PENDING, QUEUED, CONNECTING, AWAITING, UPGRADING, RELAYING, SPLICING, COMPLETE, TUNNEL, DONE = Phase
+(PENDING, BUFFERING, QUEUED, CONNECTING, AWAITING, UPGRADING, RELAYING, SPLICING, COMPLETE, TUNNEL,
+ DONE) = Phase
+
+#: All bodies in BUFFERING hold at most this many bytes together (1,024 bodies of 64 KiB); past
+#: it, requests connect at their head. Our bound, so that 20,000 hostile uploads cannot hold
+#: 64 KiB each in memory (nginx spills to disk instead; we have no disk to spill to).
+BUFFER_BUDGET = 64 * 1024 * 1024
 
 #: Methods a request may be re-sent with after its connection closed unanswered (RFC 9110
 #: §9.2.2: idempotent; the retry list of the issue and HAProxy's "retry-on" safe set).
@@ -89,7 +105,7 @@ class Exchange:
         "up", "t0", "body", "resendable", "req_done", "req_splice_left", "attempts", "status",
         "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "splices",
         "tunnel_data", "sticky", "sticky_key", "cookies", "ticket", "retry_slot",
-        "idempotent", "resent", "refusal",
+        "idempotent", "resent", "refusal", "buffered",
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
@@ -134,6 +150,7 @@ class Exchange:
         self.cookies: list[bytes] | None = None
         #: Answered with this instead when its turn comes (429: over the client's request rate).
         self.refusal: L7Error | None = None
+        self.buffered = 0  # body bytes counted in state.buffered while BUFFERING
 
     @property
     def request_id(self) -> str:
@@ -147,6 +164,15 @@ class Exchange:
             # An Upgrade's bytes after its head would be read as HTTP: close after it.
             self._finish(self.refusal, not self.req_done or self.resp_close or self.head.upgrade is not None)
             return
+        body = self.body
+        if body is not None:
+            if self.buffered:
+                self._unbuffer()
+            if (not self.req_done and body.held is not None and body.held_size < self.gen.limits.buffer_body
+                    and not self.head.expect_continue and self.head.upgrade is None
+                    and self.state.buffered < BUFFER_BUDGET):
+                self.phase = BUFFERING  # request_body / request_complete call start() again
+                return
         persist = self.pool.persistence
         if persist is None:
             server = self.pool.pick(self.key)  # (dispatch.choose without persistence, inlined)
@@ -337,9 +363,20 @@ class Exchange:
             self.req_splice_left = cl  # reduced by what the first read already carried
 
     def request_body(self, data: bytes) -> None:
-        assert self.body is not None
-        if self.body.add(data):
+        body = self.body
+        assert body is not None
+        if body.add(data):
             self.client.flow.pause_reading(PEER_FULL)  # no server yet: stop reading the client
+        if self.phase == BUFFERING:
+            n = len(data)
+            self.buffered += n
+            self.state.buffered += n
+            if body.held_size >= self.gen.limits.buffer_body:
+                self.start()
+
+    def _unbuffer(self) -> None:
+        self.state.buffered -= self.buffered
+        self.buffered = 0
 
     def request_complete(self) -> None:
         if self.req_done:
@@ -350,6 +387,8 @@ class Exchange:
         up = self.up
         if up is not None and self.phase == AWAITING:
             up.deadline = time.monotonic() + self.gen.timeouts.server  # now the server owes an answer
+        elif self.phase == BUFFERING:
+            self.start()  # the whole body is here
         if self.phase == COMPLETE:
             self._finish()
 
@@ -689,6 +728,8 @@ class Exchange:
 
     def client_lost(self) -> None:
         """The client went away: cancel everything; the server connection is in doubt."""
+        if self.buffered:
+            self._unbuffer()
         if self.splices is not None:
             self.splices.cancel()
         self._drop_up()
@@ -721,6 +762,8 @@ class Exchange:
             return
         complete = self.phase == COMPLETE
         self.phase = DONE
+        if self.buffered:
+            self._unbuffer()
         if self.splices is not None:
             # A request body still being spliced (the server answered early, or failed): its
             # job leaves the splice poller before the transports close or resume.

@@ -266,6 +266,13 @@ class ClientConnection(asyncio.Protocol):
             # for (HAProxy's "option abortonclose", which its manual recommends with queues).
             ex.client_lost()  # (connection_lost, which follows, tidies the connection's side)
             return None
+        if ex is not None and ex is self.receiving and not ex.req_done and ex.phase < RELAYING:
+            # The body it announced can never be complete (RFC 9112 §8: an incomplete message)
+            # and nothing has been answered yet: give up now, rather than leave the server (or
+            # the buffer) waiting for bytes until a timeout.
+            log.info("%s from %s: client closed in the request body", ex.request_id, self.peer_ip)
+            ex.client_lost()
+            return None
         # A client may half-close after its last request (RFC 9112 §9.6); keep the write side
         # open until what it asked for has been answered.
         if self.exchange is not None or self.queue:

@@ -190,7 +190,7 @@ class Generation:
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
-                 "idle", "fresh", "first", "refusals_log", "rate_log")
+                 "idle", "fresh", "first", "refusals_log", "rate_log", "buffered")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -207,6 +207,9 @@ class SwitchState:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
         self.requests = 0
+        #: Body bytes held by requests reading theirs before a server is chosen (exchange.py's
+        #: BUFFERING, bounded by its BUFFER_BUDGET).
+        self.buffered = 0
         #: The client connection cap in force (limits.max_connections, or derived from the fd
         #: limit by the runtime at start); 0 until then: no cap.
         self.max_connections = 0
@@ -370,7 +373,7 @@ class SwitchState:
     def snapshot(self) -> dict[str, Any]:
         """The self-protection part of Switch.snapshot()."""
         snap: dict[str, Any] = {"clients": len(self.clients), "max_connections": self.max_connections,
-                                "at_cap": self.paused}
+                                "at_cap": self.paused, "buffered_body_bytes": self.buffered}
         if self.guard is not None:
             snap["per_client"] = self.guard.snapshot()
         return snap

@@ -1,5 +1,5 @@
-"""The self-protection keys: limits.max_connections, limits.per_client, limits.min_body_rate and
-timeouts.keepalive — values, defaults, and every mistake at its line."""
+"""The self-protection keys: limits.max_connections, limits.per_client, limits.min_body_rate,
+limits.buffer_body and timeouts.keepalive — values, defaults, and every mistake at its line."""
 
 from __future__ import annotations
 
@@ -78,3 +78,17 @@ def test_per_client_that_limits_nothing_and_burst_without_rate() -> None:
     found = issues("limits: {per_client: {connections: 5, burst: 10}}\n")
     assert len(found) == 1 and "limits.per_client.burst: a burst needs requests_per_second" in found[0]
     assert "expected a mapping" in issues("limits: {per_client: [1]}\n")[0]
+
+
+@pytest.mark.parametrize("written,value", [("64KiB", 65536), ("16k", 16384), ("0", 0), ("off", 0),
+                                           ("1000", 1000)])
+def test_buffer_body_forms(written: str, value: int) -> None:
+    assert limits(f"limits: {{buffer_body: '{written}'}}\n").buffer_body == value
+    assert limits("").buffer_body == 65536  # on by default, as nginx's proxy_request_buffering
+
+
+def test_buffer_body_mistakes() -> None:
+    found = "\n".join(issues("limits:\n  buffer_body: 1MiB\n  bufer_body: 1k\n"))
+    assert "f.yaml:5:16: limits.buffer_body: at most 64KiB" in found
+    assert "f.yaml:6:3:" in found and "did you mean 'buffer_body'" in found
+    assert "limits.buffer_body: expected a size" in "\n".join(issues("limits: {buffer_body: lots}\n"))

@@ -41,10 +41,14 @@ def loop_errors(lt):
     assert not seen, seen
 
 
-def test_slow_spliced_uploads_cost_two_fds_each(lt, raw_origin, switch_factory, loop_errors):
+@pytest.mark.parametrize("buffering", [False, True], ids=["buffer_body_off", "buffer_body_64KiB"])
+def test_slow_spliced_uploads_cost_two_fds_each(lt, raw_origin, switch_factory, loop_errors, buffering):
     """200 uploads (head with Content-Length 1 MiB, then a byte now and then) through the switch
-    to a raw origin in this process: the switch holds about 2 fds per upload (client + server
-    socket). Old code: 6 (two os.dup()s and a pipe per splice job)."""
+    to a raw origin in this process. With ``buffer_body: 0`` each connects at its head and its
+    body is spliced: the switch holds about 2 fds per upload (client + server socket; old code:
+    6, two os.dup()s and a pipe per splice job). With buffering (the default) no server is
+    connected while less than 64 KiB has come: 1 fd per upload, nothing watched by the splice
+    poller, and the origin sees no connection at all."""
     n = 200
     got: list[list[int]] = []
 
@@ -55,7 +59,8 @@ def test_slow_spliced_uploads_cost_two_fds_each(lt, raw_origin, switch_factory, 
         while data := await reader.read(65536):
             box[0] += len(data)
     ro = raw_origin(behave)
-    sw = switch_factory(simple_config(ro.port, extra=SPLICE))
+    extra = SPLICE + ("" if buffering else "limits: {buffer_body: 0}\n")
+    sw = switch_factory(simple_config(ro.port, extra=extra))
     poller = lt.call(poller_for, lt.loop)
     watched = len(poller.fds)
     before = open_fds()
@@ -65,19 +70,31 @@ def test_slow_spliced_uploads_cost_two_fds_each(lt, raw_origin, switch_factory, 
             s = socket.create_connection(("127.0.0.1", sw.port), timeout=5)
             s.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % MiB)
             socks.append(s)
-        assert wait_for(lambda: len(got) == n, 10)
-        for rnd in (1, 2, 3):  # a byte now and then, through the spliced path
+        if buffering:
+            assert wait_for(lambda: lt.call(lambda: len(sw.clients)) == n, 10)
+        else:
+            assert wait_for(lambda: len(got) == n, 10)
+        for rnd in (1, 2, 3):  # a byte now and then, through the spliced path (or into the buffer)
             for s in socks:
                 s.send(b"x")
-            assert wait_for(lambda: sum(b[0] for b in got) == rnd * n, 10)
-        assert lt.call(lambda: len(poller.fds)) == watched + 2 * n  # every body is spliced
-        switch_fds = open_fds() - before - n - n  # minus our client sockets and the origin's
-        assert switch_fds / n <= 2.5, switch_fds
+            if buffering:
+                assert wait_for(lambda: lt.call(lambda: sw.state.buffered) == rnd * n, 10)
+            else:
+                assert wait_for(lambda: sum(b[0] for b in got) == rnd * n, 10)
+        if buffering:
+            assert not got and lt.call(lambda: len(poller.fds)) == watched
+            switch_fds = open_fds() - before - n  # minus our client sockets
+            assert switch_fds / n <= 1.1, switch_fds
+        else:
+            assert lt.call(lambda: len(poller.fds)) == watched + 2 * n  # every body is spliced
+            switch_fds = open_fds() - before - n - n  # minus our client sockets and the origin's
+            assert switch_fds / n <= 2.5, switch_fds
     finally:
         for s in socks:
             s.close()
     assert wait_for(lambda: lt.call(lambda: len(poller.fds)) == watched, 5)  # all unwatched
     assert pipes.pool.busy == 0
+    assert wait_for(lambda: lt.call(lambda: sw.state.buffered) == 0, 5)  # every buffer let go
 
 
 def _bodies_arrive_intact(lt, sw, raw_tunnel_port: int | None = None) -> None:

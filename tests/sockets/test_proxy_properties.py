@@ -30,6 +30,8 @@ from l7switch.devtools.origin import OriginResponse
 from l7switch.http.message import normalize_path
 
 SPLICE = 65536  # the default splice threshold
+# The server sees the head before the body has come (limits.buffer_body off).
+STREAMING = "limits: {buffer_body: 0}\n"
 
 # No example database: nothing is written into the checkout, and CI runs stay independent.
 FAST = settings(max_examples=30, deadline=None, database=None,
@@ -673,7 +675,9 @@ def test_server_answers_before_reading_the_body(raw_origin, switch_factory):
             pass
 
     ro = raw_origin(behave)
-    sw = switch_factory(simple_config(ro.port))
+    # Streaming (buffer_body: 0): the server sees the head before the body has come, as with
+    # HAProxy's default and nginx's proxy_request_buffering off.
+    sw = switch_factory(simple_config(ro.port, extra=STREAMING))
 
     @given(size=st.one_of(st.integers(1, 3000), st.integers(SPLICE - 100, SPLICE + 100),
                           st.integers(300_000, 2_000_000)),
@@ -725,7 +729,7 @@ def test_regression_early_response_cancels_request_splice(lt, raw_origin, switch
         origin_eof.append(True)
 
     ro = raw_origin(behave)
-    sw = switch_factory(simple_config(ro.port))
+    sw = switch_factory(simple_config(ro.port, extra=STREAMING))
     with Conn(sw.port) as c:
         c.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + b"x" * 10)
         r = c.response()
