@@ -184,6 +184,8 @@ defaults
   log global
   option dontlognull
   option splice-auto
+  # The body before the server, bounded by timeout http-request: l7switch's limits.buffer_body
+  option http-buffer-request
   http-reuse always
   timeout connect 5s
   timeout client {s.client_timeout:g}s
