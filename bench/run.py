@@ -31,6 +31,8 @@ import benchlib as bl
 ALL_PROXIES = ("direct", "haproxy", "nginx", "l7switch")
 BASELINE = "l7switch@base"  # --baseline DIR: another l7switch source tree, measured in the same run
 BASELINE_DIR: Path | None = None
+LOGGED = "l7switch+log"  # --access-log FORMAT: l7switch with its access log to a file, same run
+ACCESS_FORMAT = "combined"
 SCHEDULER = "rr"  # the l7switch pool's scheduler (--scheduler)
 PERSISTENCE = "none"  # the l7switch pool's persistence (--persistence)
 WRK_HEADER: str | None = None  # a header every wrk request carries (--persistence cookie-sticky)
@@ -125,8 +127,12 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
-        cmd = bl.l7switch_cmd(bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE, TLS,
-                                                       name=name.replace("@", "-")))
+        cfg = bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE, TLS,
+                                       name=name.replace("@", "-").replace("+", "-"))
+        if name == LOGGED:
+            with cfg.open("a") as f:
+                f.write(f"log: {{access: {tmp / 'access.log'}, format: {ACCESS_FORMAT}}}\n")
+        cmd = bl.l7switch_cmd(cfg)
     env = None
     if name == BASELINE:
         # The same interpreter and venv (the dependencies), the other tree's package first.
@@ -318,10 +324,13 @@ def main() -> int:
                     help=f"also measure the l7switch package in source tree DIR (e.g. `git worktree add "
                     f"/tmp/base HEAD~3`) as `{BASELINE}`, interleaved with this one: a before/after "
                     "comparison in one run")
+    ap.add_argument("--access-log", choices=("combined", "json"), metavar="FORMAT",
+                    help="also measure l7switch with its access log to a file (combined or json), "
+                         f"as '{LOGGED}', in the same run")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs/logs temp dir for inspection")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output")
     args = ap.parse_args()
-    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS, BASELINE_DIR
+    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS, BASELINE_DIR, ACCESS_FORMAT
     SCHEDULER = args.scheduler
     PERSISTENCE = args.persistence
 
@@ -335,6 +344,9 @@ def main() -> int:
             ap.error(f"--baseline {args.baseline}: no l7switch package there")
         BASELINE_DIR = args.baseline.resolve()
         proxies.insert(proxies.index("l7switch") if "l7switch" in proxies else len(proxies), BASELINE)
+    if args.access_log:
+        ACCESS_FORMAT = args.access_log
+        proxies.insert(proxies.index("l7switch") + 1 if "l7switch" in proxies else len(proxies), LOGGED)
     cmdline = shlex.join([sys.executable] + sys.argv)
     print(f"# command: {cmdline}", file=sys.stderr)
 

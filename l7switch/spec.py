@@ -230,6 +230,14 @@ class SpliceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LogSpec:
+    # Where access lines go: "stdout", "stderr", a file path (absolute, resolved against the
+    # rule file's directory), or None: off (the default, as HAProxy without a "log" line).
+    access: str | None = None
+    format: str = "combined"  # Apache/nginx "combined", or "json" (one object a line)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     listeners: tuple[ListenerSpec, ...]
@@ -240,3 +248,4 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     upstream: UpstreamSpec = field(default_factory=UpstreamSpec)
     splice: SpliceSpec = field(default_factory=SpliceSpec)
+    log: LogSpec = field(default_factory=LogSpec)

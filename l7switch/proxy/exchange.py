@@ -64,6 +64,7 @@ from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
 from ..net.ratelog import fd_log
 from ..net.splice import Splices
 from ..net.tunnel import Tunnel
+from .accesslog import ERROR_TERM
 from .body import CHUNK_END, RequestBody
 from .ports import ClientPort
 from .state import Generation, SwitchState
@@ -106,6 +107,9 @@ class Exchange:
         "resp_chunked", "resp_eof", "no_body", "resp_close", "resp_splice_left", "to_client", "splices",
         "tunnel_data", "sticky", "sticky_key", "cookies", "ticket", "retry_slot",
         "idempotent", "resent", "refusal", "buffered",
+        # for the access log (proxy/accesslog.py): when the head began and was sent up, the
+        # connect began, the response head came; time queued; response bytes; who ended it
+        "t_head", "t_sent", "t_connect", "t_resp", "t_queued", "waited", "resp_bytes", "term",
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
@@ -151,6 +155,9 @@ class Exchange:
         #: Answered with this instead when its turn comes (429: over the client's request rate).
         self.refusal: L7Error | None = None
         self.buffered = 0  # body bytes counted in state.buffered while BUFFERING
+        self.t_head = self.t_sent = self.t_connect = self.t_resp = self.t_queued = self.waited = 0.0
+        self.resp_bytes = 0
+        self.term = ""  # set where a failure is not the switch's own answer ("client", "server")
 
     @property
     def request_id(self) -> str:
@@ -195,7 +202,8 @@ class Exchange:
     # ---- waiting for a slot (balance/queue.py) ----------------------------------------------------
     def _wait(self, server: Server | None) -> None:
         queue = self.pool.queue
-        ticket = queue.push(self, server, time.monotonic())
+        self.t_queued = now = time.monotonic()
+        ticket = queue.push(self, server, now)
         if ticket is None:
             self.fail(ServiceUnavailable(f"queue of pool '{self.pool.name}' full ({queue.max} waiting)",
                                          retry_after=max(1, round(queue.timeout))))
@@ -229,6 +237,7 @@ class Exchange:
         ticket, self.ticket = self.ticket, None
         if ticket is not None:
             self.state.clock.unwatch(ticket)
+            self.waited += time.monotonic() - self.t_queued
         return ticket
 
     def _use(self, server: Server) -> None:
@@ -236,6 +245,7 @@ class Exchange:
         self.server = server
         self.attempts += 1
         self.pool.begin(server)
+        self.t_connect = time.monotonic()
         self.cpool = cpool = self.gen.cpools[server]
         conn = cpool.acquire()
         if conn is not None:
@@ -330,7 +340,8 @@ class Exchange:
             uf.pause_reading(PEER_FULL)
         # While the body is still coming, the client's pace governs (timeouts.client); the
         # server owes us nothing yet.
-        conn.deadline = time.monotonic() + self.gen.timeouts.server if self.req_done else 0.0
+        self.t_sent = now = time.monotonic()
+        conn.deadline = now + self.gen.timeouts.server if self.req_done else 0.0
         head = forward_request_head(self.head, client.peer_ip, client.proto, self.head.chunked,
                                     self.cookies)
         # A reused connection may turn out to be one the server has just closed: what is sent
@@ -448,8 +459,9 @@ class Exchange:
                 self.to_client.append(forward_response_head(status, b"", headers, b"", False))
             return
         server = self.server
+        self.t_resp = now = time.monotonic()
         if server is not None:
-            server.record_latency(time.monotonic() - self.t0)
+            server.record_latency(now - self.t0)
             if server.errors or self.pool.observe_l7:
                 self.pool.answered(server, status)
         body = self.body
@@ -494,8 +506,10 @@ class Exchange:
             if self.up is not None:
                 self.up.keep_alive = False  # bytes where none belong
             return
+        n = len(data)
+        self.resp_bytes += n
         if self.resp_splice_left:
-            self.resp_splice_left -= len(data)
+            self.resp_splice_left -= n
         if self.resp_chunked:
             self.to_client.extend((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
@@ -553,6 +567,7 @@ class Exchange:
         up.flow.resume_reading(flow.SPLICING)
 
     def _response_spliced(self, moved: int, error: BaseException | None) -> None:
+        self.resp_bytes += moved
         up = self.up
         if error is not None or up is None or up.flow is None:
             self._abort_both()
@@ -736,6 +751,9 @@ class Exchange:
         self._leave_queue()  # at once
         if self.phase != DONE:
             self.phase = DONE
+            access = self.state.access
+            if access is not None:
+                access.exchange(self, self.status, self.term or "client")
             self._end_server()
 
     def _leave_queue(self) -> None:
@@ -754,6 +772,7 @@ class Exchange:
 
     def _abort_both(self) -> None:
         """A truncated response: the client must see an incomplete message, never a padded one."""
+        self.term = self.term or "server"
         self.client_lost()
         self.client.abort()
 
@@ -777,6 +796,12 @@ class Exchange:
             else:
                 self.client.flow.unlink()
                 up.close()
+        access = self.state.access
+        if access is not None:
+            if error is None:
+                access.exchange(self, self.status, self.term or "-")
+            else:
+                access.exchange(self, error.status, self.term or ERROR_TERM.get(error.status, "switch"))
         # After the release: a request waiting for this server takes the warm connection.
         self._end_server()
         self.client.exchange_finished(self, error, self.request_id if error is not None else "",

@@ -68,7 +68,7 @@ class ClientConnection(asyncio.Protocol):
         "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed", "closing_after",
         "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "feeding", "tls",
-        "skip_head", "resume_body", "guard_key", "pace", "held",
+        "skip_head", "resume_body", "guard_key", "pace", "held", "peer_port", "listener",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
@@ -79,6 +79,8 @@ class ClientConnection(asyncio.Protocol):
         self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.parser: httptools.HttpRequestParser = httptools.HttpRequestParser(self)
         self.peer_ip = ""
+        self.peer_port = 0
+        self.listener = listener.address if listener is not None else ""  # for the access log
         self.deadline = 0.0
         self.state = IDLE
         self.exchange: Exchange | None = None  # the exchange being answered
@@ -108,7 +110,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.flow = FlowControl(t)
         peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else ""
+        if peer:
+            self.peer_ip, self.peer_port = peer[0], peer[1]
         if transport.get_extra_info("ssl_object") is not None:
             self.tls, self.proto = True, b"https"
         sw = self.switch
@@ -381,6 +384,7 @@ class ClientConnection(asyncio.Protocol):
         pool = gen.pools[pool_name]
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
         ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key)
+        ex.t_head = self.deadline - gen.timeouts.header  # (the head was due timeouts.header from its start)
         if self.guard_key is not None:
             ex.refusal = self.switch.rate_check(self.guard_key, self.peer_ip)  # 429 over the client's rate
         self.receiving = ex
@@ -520,6 +524,9 @@ class ClientConnection(asyncio.Protocol):
     def _send_error(self, err: L7Error) -> None:
         rid = self.switch.request_id(self.switch.next_request())
         log.info("%s %d from %s: %s", rid, err.status, self.peer_ip, err.detail)
+        access = self.switch.access
+        if access is not None:
+            access.refused(self.peer_ip, self.peer_port, self.listener, err.status, rid)
         if self.transport is not None and not self.closed:
             self.transport.write(error_response(err.status, rid, err.detail if err.public else "",
                                                 close=True))

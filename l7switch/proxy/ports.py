@@ -49,6 +49,8 @@ class ClientPort(Protocol):
 
     flow: FlowControl
     peer_ip: str
+    peer_port: int
+    listener: str  # the listener's address, for the access log
     proto: bytes  # what X-Forwarded-Proto says: b"http" or b"https"
     tls: bool  # TLS terminated here: its socket carries ciphertext, so nothing splices it
     closing_after: bool  # the connection closes once what was asked is answered

@@ -33,6 +33,7 @@ from ..http.rules import Router
 from ..net.clock import Clock, tick_for
 from ..net.ratelog import RateLimited
 from ..spec import Config
+from .accesslog import AccessLog
 from .upstream import ConnectionPool
 
 log = logging.getLogger("l7switch")
@@ -190,7 +191,7 @@ class Generation:
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
-                 "idle", "fresh", "first", "refusals_log", "rate_log", "buffered")
+                 "idle", "fresh", "first", "refusals_log", "rate_log", "buffered", "access")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -210,6 +211,11 @@ class SwitchState:
         #: Body bytes held by requests reading theirs before a server is chosen (exchange.py's
         #: BUFFERING, bounded by its BUFFER_BUDGET).
         self.buffered = 0
+        #: One line per request (log.access; None: off); flushed every second on the clock.
+        self.access = AccessLog(config.log) if config.log.access is not None else None
+        if self.access is not None:
+            access = self.access
+            self.clock.every(1.0, lambda now: access.flush())
         #: The client connection cap in force (limits.max_connections, or derived from the fd
         #: limit by the runtime at start); 0 until then: no cap.
         self.max_connections = 0

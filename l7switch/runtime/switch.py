@@ -176,6 +176,8 @@ class Switch:
             client.abort()
         state.current.close()
         state.clock.stop()
+        if state.access is not None:
+            await asyncio.to_thread(state.access.close)  # what is buffered reaches the file
         for server in self._closed_servers:
             await server.wait_closed()
 
@@ -187,6 +189,7 @@ class Switch:
             "clients": len(self.state.clients),
             "requests": self.state.requests,
             "protection": {**self.state.snapshot(), **self.accept.snapshot()},
+            "access_log": self.state.access.snapshot() if self.state.access is not None else None,
             **self.state.current.snapshot(),
         }
         if self.checker is not None:
@@ -255,6 +258,9 @@ def run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        access = switch.state.access
+        if access is not None:  # logrotate moved the file: write a new one (nginx -s reopen)
+            loop.add_signal_handler(signal.SIGUSR1, access.reopen)
         await stop.wait()
         log.info("stopping: no new connections, finishing %d in flight", len(switch.clients))
         await switch.stop()

@@ -1,0 +1,70 @@
+"""Reading the ``log`` section::
+
+    log:
+      access: /var/log/l7switch/access.log   # or stdout, stderr, off (the default)
+      format: json                           # or combined (the default: Apache/nginx's)
+
+A relative path is resolved against the rule file's directory, as certificates are. Problems are
+recorded with their position; nothing raises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from yaml.nodes import Node, ScalarNode
+
+from ..spec import LogSpec
+from .listen import _base_dir
+from .yamlnodes import Issues, did_you_mean, mapping, read_fields, text
+
+FORMATS = ("combined", "json")
+STREAMS = ("stdout", "stderr")
+_OFF = ("off", "none", "false", "no")
+
+
+def _access(node: Node, path: str, issues: Issues) -> str:
+    value = text(node, path, issues, "stdout, stderr, off or a file path")
+    if value is None:
+        return ""
+    value = value.strip()
+    if not value:
+        issues.add(node, f"{path}: expected stdout, stderr, off or a file path")
+        return ""
+    return value
+
+
+def _format(node: Node, path: str, issues: Issues) -> str | None:
+    value = text(node, path, issues, "combined or json")
+    if value is None:
+        return None
+    if value.strip().lower() not in FORMATS:
+        issues.add(node, f"{path}: unknown format {value!r}{did_you_mean(value.strip().lower(), FORMATS)}")
+        return None
+    return value.strip().lower()
+
+
+READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"access": _access, "format": _format}
+
+
+def parse_log(node: Node, issues: Issues, filename: str) -> LogSpec:
+    if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF:
+        return LogSpec()
+    m = mapping(node, "log", issues, READERS)
+    if m is None:
+        return LogSpec()
+    values = read_fields(m, READERS, "log", issues)
+    if values is None:
+        return LogSpec()
+    access = values.get("access")
+    if access is not None:
+        if not access or access.lower() in _OFF:
+            access = None
+        elif access not in STREAMS:
+            access = os.path.join(_base_dir(filename), access)
+            if not os.path.isdir(os.path.dirname(access)):
+                issues.add(m["access"][1], f"log.access: directory {os.path.dirname(access)!r} does not exist")
+    values["access"] = access
+    return LogSpec(**values)

@@ -1,0 +1,115 @@
+"""The access log: one line per request (``log.access``, ``log.format``), written through
+net/logfile.LogFile so the loop never waits for the disk.
+
+``combined`` is Apache's and nginx's combined format, so existing log tools read it::
+
+    127.0.0.1 - - [26/Nov/2026:10:15:24 +0000] "GET /index.html HTTP/1.1" 200 2326 "-" "curl/8.5"
+
+``json`` is one object a line with what an operator asks of a request: time, client address and
+port, listener, method, target, version, host, status, body bytes in and out, rule, pool, server,
+retries, timings in milliseconds — HAProxy's Tq/Tw/Tc/Tr/Tt: the head received (``t_head``),
+queue wait (``t_queue``), connect (``t_connect``), the server's response head after the request
+went up (``t_response``) and the total from the head's first byte (``t_total``); -1 where a
+step did not happen — who ended it (``term``: ``-`` a normal end, ``client`` gone before the
+end, ``server`` failed or cut the response, ``timeout``, ``switch`` answered itself: 503, 429,
+413...), and the request id that error pages and event lines carry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from ..net.logfile import LogFile
+from ..spec import LogSpec
+
+#: An error the switch answered, by status: who ended the request (the json ``term`` field).
+ERROR_TERM = {408: "timeout", 504: "timeout", 502: "server"}
+
+# nginx escapes '"', '\' and bytes outside printable ASCII in its log variables as \xHH.
+_UNSAFE = re.compile(rb'["\\\x00-\x1f\x7f-\xff]')
+
+
+def _escape(value: bytes) -> bytes:
+    if _UNSAFE.search(value) is None:
+        return value
+    return _UNSAFE.sub(lambda m: b"\\x%02X" % m.group()[0], value)
+
+
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000, 3) if start and end else -1
+
+
+class AccessLog:
+    __slots__ = ("out", "json", "_second", "_stamp")
+
+    def __init__(self, spec: LogSpec) -> None:
+        assert spec.access is not None
+        self.out = LogFile(spec.access)
+        self.json = spec.format == "json"
+        self._second = -1
+        self._stamp = b""
+
+    def exchange(self, ex: Any, status: int, term: str) -> None:
+        """``ex`` (proxy/exchange.Exchange) has ended with ``status`` (0: no response)."""
+        client, head = ex.client, ex.head
+        wall = time.time()
+        if self.json:
+            end = time.monotonic()
+            server = ex.server
+            body = ex.body
+            rec = {
+                "time": wall, "client": client.peer_ip, "port": client.peer_port,
+                "listener": client.listener, "method": head.method.decode("latin-1"),
+                "target": head.target.decode("latin-1"), "version": head.version,
+                "host": head.host.decode("latin-1"), "status": status,
+                "bytes_in": body.received if body is not None else 0,
+                "bytes_out": ex.resp_bytes, "rule": ex.route, "pool": ex.pool.name,
+                "server": server.name if server is not None else None,
+                "retries": max(0, ex.attempts - 1),
+                "t_head": _ms(ex.t_head, ex.t0), "t_queue": round(ex.waited * 1000, 3),
+                "t_connect": _ms(ex.t_connect, ex.t_sent), "t_response": _ms(ex.t_sent, ex.t_resp),
+                "t_total": _ms(ex.t_head or ex.t0, end), "term": term, "id": ex.request_id,
+            }
+            self.out.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+            return
+        second = int(wall)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(wall)).encode()
+        referer = user_agent = b"-"
+        for name, value in head.headers:
+            if name == b"referer":
+                referer = _escape(value)
+            elif name == b"user-agent":
+                user_agent = _escape(value)
+        self.out.write(b'%s - - [%s] "%s %s HTTP/%s" %d %s "%s" "%s"\n' % (
+            client.peer_ip.encode(), self._stamp, head.method, _escape(head.target),
+            head.version.encode(), status, b"%d" % ex.resp_bytes if ex.resp_bytes else b"-",
+            referer, user_agent))
+
+    def refused(self, peer_ip: str, peer_port: int, listener: str, status: int, request_id: str) -> None:
+        """A request the switch answered before it was parsed whole (400, 408, 431...)."""
+        wall = time.time()
+        if self.json:
+            rec = {"time": wall, "client": peer_ip, "port": peer_port, "listener": listener,
+                   "method": None, "target": None, "status": status, "term": ERROR_TERM.get(status, "switch"),
+                   "id": request_id}
+            self.out.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+            return
+        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(wall)).encode()
+        self.out.write(b'%s - - [%s] "-" %d - "-" "-"\n' % (peer_ip.encode(), stamp, status))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def reopen(self) -> None:
+        self.out.reopen()
+
+    def close(self) -> None:
+        self.out.close()
+
+    def snapshot(self) -> dict[str, object]:
+        return {"format": "json" if self.json else "combined", **self.out.snapshot()}

@@ -1,0 +1,28 @@
+"""The log section: access destination and format, mistakes at their line."""
+
+from __future__ import annotations
+
+import pytest
+
+from l7switch.config import parse_config
+from l7switch.errors import ConfigError
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("log: {format: jsn}\n", "f.yaml:4:15: log.format: unknown format 'jsn'"),
+    ("log: {acess: stdout}\n", "did you mean 'access'"),
+    ("log: {access: /nonexistent-dir/a.log}\n", "log.access: directory '/nonexistent-dir' does not exist"),
+])
+def test_log_section_mistakes(text: str, expected: str) -> None:
+    head = "listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:1]}}\ndefault_pool: p\n"
+    with pytest.raises(ConfigError) as exc:
+        parse_config(head + text, "f.yaml")
+    assert expected in "\n".join(str(i) for i in exc.value.issues)
+
+
+def test_access_path_relative_to_the_rule_file(tmp_path) -> None:
+    rules = tmp_path / "site.yaml"
+    rules.write_text("listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:1]}}\ndefault_pool: p\n"
+                     "log: {access: access.log}\n")
+    cfg = parse_config(rules.read_text(), str(rules))
+    assert cfg.log.access == str(tmp_path / "access.log") and cfg.log.format == "combined"
