@@ -8,7 +8,6 @@ import logging
 import os
 import re
 
-import pytest
 from kit import Conn, get, wait_for
 
 
