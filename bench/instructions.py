@@ -11,6 +11,7 @@ counts (``--requests N`` and ``4 * N``) cancel start-up and shutdown: per reques
 killed in the end.
 
 Usage:  python bench/instructions.py [--requests 500] [--size 100b] [--baseline DIR]
+            [--access-log combined|json]
 """
 from __future__ import annotations
 
@@ -58,10 +59,14 @@ def send_requests(port: int, path: str, n: int, size: int, timeout: float) -> No
 
 
 def count(build: Path | None, tmp: Path, procs: bl.Procs, origin: int, n: int, size_name: str,
-          tag: str) -> int:
-    """Total instructions of one switch run serving ``n`` requests."""
+          tag: str, access_log: str | None = None) -> int:
+    """Total instructions of one switch run serving ``n`` requests (``access_log``: with the
+    access log in that format, to a file)."""
     port = bl.free_port()
     cfg = bl.write_l7switch_config(tmp, port, origin, name=f"l7switch-{tag}")
+    if access_log:
+        with cfg.open("a") as f:
+            f.write(f"log: {{access: {tmp / f'access-{tag}.log'}, format: {access_log}}}\n")
     out = tmp / f"callgrind-{tag}.out"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     if build is not None:
@@ -90,6 +95,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=500, help="N: runs of N and 4N requests (default 500)")
     ap.add_argument("--size", default="100b", choices=sorted(bl.SIZES), help="response body (default 100b)")
     ap.add_argument("--baseline", type=Path, metavar="DIR", help="also count the l7switch in source tree DIR")
+    ap.add_argument("--access-log", choices=("combined", "json"), metavar="FORMAT",
+                    help="also count this tree with its access log to a file in FORMAT")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
@@ -97,17 +104,19 @@ def main() -> int:
     tools = bl.ensure_tools(("nginx",))
     tmp = Path(tempfile.mkdtemp(prefix="l7insn-"))
     procs = bl.Procs(tmp)
-    builds: list[tuple[str, Path | None]] = [("this tree", None)]
+    builds: list[tuple[str, Path | None, str | None]] = [("this tree", None, None)]
     if args.baseline is not None:
-        builds.insert(0, (f"baseline {args.baseline}", args.baseline.resolve()))
+        builds.insert(0, (f"baseline {args.baseline}", args.baseline.resolve(), None))
+    if args.access_log:
+        builds.append((f"this tree, access log {args.access_log}", None, args.access_log))
     n1, n2 = args.requests, 4 * args.requests
     results: list[tuple[str, float]] = []
     try:
         origin = bl.start_origin(procs, tmp, tools["nginx"])
-        for label, build in builds:
-            tag = "base" if build is not None else "this"
-            i1 = count(build, tmp, procs, origin, n1, args.size, f"{tag}-{n1}")
-            i2 = count(build, tmp, procs, origin, n2, args.size, f"{tag}-{n2}")
+        for label, build, access_log in builds:
+            tag = "base" if build is not None else f"log-{access_log}" if access_log else "this"
+            i1 = count(build, tmp, procs, origin, n1, args.size, f"{tag}-{n1}", access_log)
+            i2 = count(build, tmp, procs, origin, n2, args.size, f"{tag}-{n2}", access_log)
             per = (i2 - i1) / (n2 - n1)
             results.append((label, per))
             print(f"# {label}: {i1:,} instructions for {n1} requests, {i2:,} for {n2}: "

@@ -336,6 +336,45 @@ class ServerPool:
                 for ticket in self.queue.take_for(server):
                     ticket.waiter.requeue()
 
+    # ---- reload ---------------------------------------------------------------------------------------
+    def inherit(self, old: ServerPool) -> list[str]:
+        """After a reload: each server of this (new) pool that ``old`` also had — same name and
+        address — takes over what is known of it: health (check counts when its check is
+        unchanged), agent state, ejections, admin state (drain, maint) and its counters, so a
+        reload neither revives a dead server nor forgets a drained one. Returns the names
+        carried over. (HAProxy's server-state-file does this across a restart.)"""
+        olds = {(s.name, s.host, s.port): s for s in old.all_servers}
+        carried: list[str] = []
+        now = self.clock()
+        for server in self.all_servers:
+            prev = olds.get((server.name, server.host, server.port))
+            if prev is None:
+                continue
+            carried.append(server.name)
+            check, prev_check = self.checks.get(server), old.checks.get(prev)
+            if check is not None and prev_check is not None:
+                if (check.rise, check.fall) == (prev_check.rise, prev_check.fall):
+                    self.checks[server] = prev_check
+                else:
+                    check.healthy = prev_check.healthy  # new settings, same verdict so far
+            if prev in old.agents:
+                self.agents[server] = old.agents[prev]
+            if prev in old._agent_down:
+                self._agent_down.add(server)
+            else:
+                self._agent_down.discard(server)  # (init_state: down does not apply to a kept server)
+            if prev in old._ejections:
+                self._ejections[server] = old._ejections[prev]
+            before = prev.state
+            server.admin, server.agent_pct, server.since = prev.admin, prev.agent_pct, prev.since
+            server.total, server.failures, server.errors = prev.total, prev.failures, prev.errors
+            server.retries, server.redispatches, server.latency = prev.retries, prev.redispatches, prev.latency
+            if prev in old._ramping:
+                self._ramping[server] = old._ramping[prev]
+                server.ramp = prev.ramp
+            self._apply(server, "kept across a reload", now, before)
+        return carried
+
     # ---- introspection ------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         persist = self.persistence or self.hello_persistence

@@ -62,10 +62,14 @@ class LogFile:
         self.flush()
         self.queue.put(_REOPEN)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush, let the thread write what it has, and stop it."""
+    def stop(self) -> None:
+        """Flush; the thread writes what it has, then ends."""
         self.flush()
         self.queue.put(_STOP)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """``stop``, and wait for the thread to be done (up to ``timeout`` s)."""
+        self.stop()
         self.thread.join(timeout)
 
     # ---- the writer thread ----------------------------------------------------------------------

@@ -39,7 +39,22 @@ def _escape(value: bytes) -> bytes:
 
 
 def _ms(start: float, end: float) -> float:
-    return round((end - start) * 1000, 3) if start and end else -1
+    return (end - start) * 1000 if start and end else -1
+
+
+# JSON strings: most values need no escaping; json.dumps only for those that do (a line is
+# built with one % format: json.dumps of a dict costs ~10 µs, this ~2.5).
+_JSON_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f-\U0010ffff]')
+
+
+def _js(value: str) -> str:
+    return f'"{value}"' if _JSON_UNSAFE.search(value) is None else json.dumps(value)
+
+
+_JSON_LINE = ('{"time":%.3f,"client":"%s","port":%d,"listener":"%s","method":%s,"target":%s,'
+              '"version":"%s","host":%s,"status":%d,"bytes_in":%d,"bytes_out":%d,"rule":%s,'
+              '"pool":%s,"server":%s,"retries":%d,"t_head":%.3f,"t_queue":%.3f,"t_connect":%.3f,'
+              '"t_response":%.3f,"t_total":%.3f,"term":"%s","id":"%s"}\n')
 
 
 class AccessLog:
@@ -60,20 +75,15 @@ class AccessLog:
             end = time.monotonic()
             server = ex.server
             body = ex.body
-            rec = {
-                "time": wall, "client": client.peer_ip, "port": client.peer_port,
-                "listener": client.listener, "method": head.method.decode("latin-1"),
-                "target": head.target.decode("latin-1"), "version": head.version,
-                "host": head.host.decode("latin-1"), "status": status,
-                "bytes_in": body.received if body is not None else 0,
-                "bytes_out": ex.resp_bytes, "rule": ex.route, "pool": ex.pool.name,
-                "server": server.name if server is not None else None,
-                "retries": max(0, ex.attempts - 1),
-                "t_head": _ms(ex.t_head, ex.t0), "t_queue": round(ex.waited * 1000, 3),
-                "t_connect": _ms(ex.t_connect, ex.t_sent), "t_response": _ms(ex.t_sent, ex.t_resp),
-                "t_total": _ms(ex.t_head or ex.t0, end), "term": term, "id": ex.request_id,
-            }
-            self.out.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+            self.out.write((_JSON_LINE % (
+                wall, client.peer_ip, client.peer_port, client.listener,
+                _js(head.method.decode("latin-1")), _js(head.target.decode("latin-1")), head.version,
+                _js(head.host.decode("latin-1")), status, body.received if body is not None else 0,
+                ex.resp_bytes, _js(ex.route), _js(ex.pool.name),
+                _js(server.name) if server is not None else "null", max(0, ex.attempts - 1),
+                _ms(ex.t_head, ex.t0), ex.waited * 1000, _ms(ex.t_connect, ex.t_sent),
+                _ms(ex.t_sent, ex.t_resp), _ms(ex.t_head or ex.t0, end), term, ex.request_id,
+            )).encode("utf-8", "surrogateescape"))
             return
         second = int(wall)
         if second != self._second:
@@ -110,6 +120,10 @@ class AccessLog:
 
     def close(self) -> None:
         self.out.close()
+
+    def close_soon(self) -> None:
+        """Replaced by a reload: the thread writes what it has, then ends (nothing waits)."""
+        self.out.stop()
 
     def snapshot(self) -> dict[str, object]:
         return {"format": "json" if self.json else "combined", **self.out.snapshot()}

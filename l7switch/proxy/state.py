@@ -30,9 +30,9 @@ from ..balance.store import Tables
 from ..errors import TooManyRequests
 from ..guard.clients import ClientTable
 from ..http.rules import Router
-from ..net.clock import Clock, tick_for
+from ..net.clock import Clock, Timed, tick_for
 from ..net.ratelog import RateLimited
-from ..spec import Config
+from ..spec import Config, LogSpec
 from .accesslog import AccessLog
 from .upstream import ConnectionPool
 
@@ -173,6 +173,25 @@ class Generation:
         for pool in self.pools.values():
             pool.scheduler.defer = defer
 
+    def inherit(self, old: Generation) -> dict[str, list[str]]:
+        """After a reload, from the generation this one replaces: per pool kept by name, the
+        servers' known state (ServerPool.inherit) and the warm idle connections of every server
+        kept (same pool, name and address); the old generation's other connection pools close
+        their idle connections and pool no more. Returns the servers carried over, by pool."""
+        carried: dict[str, list[str]] = {}
+        for name, pool in self.pools.items():
+            prev = old.pools.get(name)
+            if prev is not None:
+                carried[name] = pool.inherit(prev)
+        new_by_id = {(s.pool_name, s.name, s.host, s.port): s for s in self.cpools}
+        for server, cpool in old.cpools.items():
+            mine = new_by_id.get((server.pool_name, server.name, server.host, server.port))
+            if mine is not None:
+                self.cpools[mine].adopt(cpool)
+            else:
+                cpool.retire()
+        return carried
+
     def close(self) -> None:
         """Close the idle server connections (busy ones close with their exchanges)."""
         for cpool in self.cpools.values():
@@ -191,7 +210,8 @@ class Generation:
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
-                 "idle", "fresh", "first", "refusals_log", "rate_log", "buffered", "access")
+                 "idle", "fresh", "first", "refusals_log", "rate_log", "buffered", "access",
+                 "_access_job")
 
     def __init__(self, config: Config, tables: Tables | None = None) -> None:
         t = config.timeouts
@@ -212,10 +232,9 @@ class SwitchState:
         #: BUFFERING, bounded by its BUFFER_BUDGET).
         self.buffered = 0
         #: One line per request (log.access; None: off); flushed every second on the clock.
-        self.access = AccessLog(config.log) if config.log.access is not None else None
-        if self.access is not None:
-            access = self.access
-            self.clock.every(1.0, lambda now: access.flush())
+        self.access: AccessLog | None = None
+        self._access_job: Timed | None = None
+        self._set_access(config.log)
         #: The client connection cap in force (limits.max_connections, or derived from the fd
         #: limit by the runtime at start); 0 until then: no cap.
         self.max_connections = 0
@@ -383,6 +402,39 @@ class SwitchState:
         if self.guard is not None:
             snap["per_client"] = self.guard.snapshot()
         return snap
+
+    def reconfigure(self, config: Config) -> tuple[Generation, dict[str, list[str]]]:
+        """A reload: the next generation becomes current (new requests use it; those in flight
+        keep theirs), per-client limits take the new settings with their counts, and the access
+        log follows its settings. Returns the generation replaced, and the servers whose state
+        was carried over, by pool."""
+        old = self.current
+        gen = Generation(config, self.tables, self.clock, self.spawn)
+        kept = gen.inherit(old)
+        per_client = config.limits.per_client
+        if per_client is None:
+            self.guard = None
+        elif self.guard is None:
+            self.guard = ClientTable(per_client)
+        else:
+            self.guard.configure(per_client)
+        if config.log != old.config.log:
+            previous = self._set_access(config.log)
+            if previous is not None:
+                previous.close_soon()  # its thread writes what it has, then ends
+        self.current = gen
+        return old, kept
+
+    def _set_access(self, spec: LogSpec) -> AccessLog | None:
+        """The access log as ``spec`` says, flushed every second; returns the one it replaces."""
+        if self._access_job is not None:
+            self.clock.unwatch(self._access_job)
+            self._access_job = None
+        previous, self.access = self.access, None
+        if spec.access is not None:
+            access = self.access = AccessLog(spec)
+            self._access_job = self.clock.every(1.0, lambda now: access.flush())
+        return previous
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self.loop is not None

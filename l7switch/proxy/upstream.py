@@ -224,6 +224,24 @@ class ConnectionPool:
         self.opened = 0
         self.reused = 0
 
+    def adopt(self, old: ConnectionPool) -> None:
+        """A reload kept this pool's server (same pool, name and address): take over the old
+        pool's idle connections, warm, and have it close whatever is released to it later (its
+        requests in flight finish on their own generation)."""
+        self.idle, old.idle = old.idle, []
+        for conn in self.idle:
+            conn.server = self.server
+        self.server.conns = old.server.conns
+        self.server.idle_conns = len(self.idle)
+        self.opened, self.reused = old.opened, old.reused
+        old.retire()
+
+    def retire(self) -> None:
+        """Its generation was replaced by a reload: pool nothing more, close what is idle."""
+        self.max_idle = 0
+        self.close_all()
+        self.idle = []
+
     def acquire(self) -> UpstreamConnection | None:
         idle = self.idle
         while idle:

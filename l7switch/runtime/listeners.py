@@ -171,6 +171,28 @@ class Listeners:
         if not self.paused:
             self.resume()
 
+    # ---- reload ------------------------------------------------------------------------------------
+    def drop(self, listeners: list[Listener]) -> None:
+        """Close these listeners for good (a reload removed them, or could not open them all).
+        Connections they accepted stay; those still in their backlog are reset."""
+        for lst in listeners:
+            if lst in self.all:
+                self.all.remove(lst)
+            self._close_one(lst)
+
+    def replace(self, listeners: list[Listener], factory: Callable[[], asyncio.Protocol],
+                tls: dict[str, Any]) -> None:
+        """New settings for these listeners on the same sockets: uvloop's server on the old dup
+        closes and one on a fresh dup starts, as a pause and a resume do (arrivals wait in the
+        backlog meanwhile; none is refused)."""
+        for lst in listeners:
+            lst.factory, lst.tls = factory, tls
+            server, lst.server = lst.server, None
+            if server is not None:
+                server.close()
+        if not self.paused:
+            self.resume()
+
     # ---- lifecycle ---------------------------------------------------------------------------------
     @staticmethod
     def _close_one(lst: Listener) -> None:

@@ -28,6 +28,7 @@ from ..proxy.frontend import ClientConnection
 from ..proxy.state import Generation, SwitchState
 from ..spec import Config, ListenerSpec
 from .listeners import Listener, Listeners
+from .reload import Reloader
 
 log = logging.getLogger("l7switch")
 
@@ -61,9 +62,12 @@ class Switch:
         self.accept = Listeners()  # pauses and resumes at the connection cap (proxy/state.Accept)
         self._closed_servers: list[asyncio.Server] = []
         self.addresses: list[tuple[str, int]] = []
+        #: Each listener spec's sockets, by (host, port) as written: what a reload compares.
+        self.listening: dict[tuple[str, int], tuple[ListenerSpec, list[Listener]]] = {}
         # Active checks and agents; results go to the current generation's pools, so a reload
         # swaps pools under running checks.
         self.checker: HealthChecker | None = None
+        self.reloader: Reloader | None = None  # set by run() (SIGHUP) when there is a file
 
     def _tick_pools(self, now: float) -> None:
         """``ServerPool.tick`` for the current pools (ejections ending, slow start, queues)."""
@@ -98,7 +102,9 @@ class Switch:
         self.state.loop = loop
         try:
             for spec in self.config.listeners:
-                for listener in await self._listen(spec):
+                opened = await self._listen(spec)
+                self.listening[(spec.host, spec.port)] = (spec, opened)
+                for listener in opened:
                     self.addresses.append(listener.sock.getsockname()[:2])
         except BaseException:
             self.accept.close()
@@ -121,7 +127,8 @@ class Switch:
                      cap, nofile)
         self.state.set_cap(cap)
 
-    async def _listen(self, lst: ListenerSpec) -> list[Listener]:
+    def _factory(self, lst: ListenerSpec, config: Config) -> tuple[Callable[[], asyncio.Protocol], dict[str, Any]]:
+        """What a listener's accepted connections become, and its TLS settings."""
         state = self.state
         factory: Callable[[], asyncio.Protocol]
         tls: dict[str, Any] = {}
@@ -132,11 +139,67 @@ class Switch:
             if lst.tls is not None:
                 # One context per listener, built here once; the handshake must finish within
                 # the header timeout, as the request head must (slowloris on the handshake).
-                tls = {"ssl": server_context(lst.tls), "ssl_handshake_timeout": self.config.timeouts.header}
+                tls = {"ssl": server_context(lst.tls), "ssl_handshake_timeout": config.timeouts.header}
+        return factory, tls
+
+    async def _listen(self, lst: ListenerSpec, config: Config | None = None) -> list[Listener]:
+        factory, tls = self._factory(lst, config or self.config)
         try:
             return await self.accept.open(lst.host, lst.port, factory, tls)
         except OSError as exc:
             raise ListenError(f"cannot listen on {lst.address}: {_why(exc)}") from None
+
+    # ---- reload (runtime/reload.py decides when; this applies) ----------------------------------------
+    async def apply(self, config: Config) -> dict[str, Any]:
+        """Make ``config`` current, whole or not at all: new listeners are opened first (one
+        that cannot be raises ListenError and nothing changes); then new requests use the new
+        rules and pools while those in flight finish on theirs; servers kept (same pool, name
+        and address) keep their state and warm connections; listeners whose settings changed
+        take the new ones on the same socket (the backlog waits meanwhile, nothing is
+        refused); removed listeners close; checks restart on the new pools. Returns what
+        changed, for the log line and ``ctl``."""
+        old_keys = set(self.listening)
+        new_specs = {(lst.host, lst.port): lst for lst in config.listeners}
+        opened: dict[tuple[str, int], list[Listener]] = {}
+        try:
+            for key, spec in new_specs.items():
+                if key not in old_keys:
+                    opened[key] = await self._listen(spec, config)
+        except BaseException:
+            for listeners in opened.values():
+                self.accept.drop(listeners)
+            raise
+        # From here on nothing fails: the switch changes in one loop turn.
+        old, kept = self.state.reconfigure(config)
+        old_cap = self.config.limits.max_connections
+        self.config = config
+        self.state.current.defer_builds(self.defer_build)
+        changed, closed = [], []
+        for key, spec in new_specs.items():
+            if key in opened:
+                self.listening[key] = (spec, opened[key])
+                continue
+            prev_spec, listeners = self.listening[key]
+            if prev_spec != spec:
+                factory, tls = self._factory(spec, config)
+                self.accept.replace(listeners, factory, tls)
+                changed.append(spec.address)
+            self.listening[key] = (spec, listeners)
+        for key in old_keys - set(new_specs):
+            spec, listeners = self.listening.pop(key)
+            self.accept.drop(listeners)
+            closed.append(spec.address)
+        self.addresses = [lst.sock.getsockname()[:2] for _, ls in self.listening.values() for lst in ls]
+        if config.limits.max_connections != old_cap or old_cap is None:
+            self._set_cap()
+        if self.checker is not None:
+            await self.checker.stop()
+            self.checker = None
+        if needs_checker(config.pools):
+            self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
+            self.checker.start(config.pools)
+        return {"opened": [new_specs[k].address for k in opened], "changed": changed, "closed": closed,
+                "pools": sorted(self.state.current.pools), "kept_servers": kept}
 
     def defer_build(self, build: Callable[[], Any], install: Callable[[Any], None]) -> None:
         """Build a scheduler table (Maglev, chash ring) in a worker thread, install it on the loop.
@@ -194,6 +257,8 @@ class Switch:
         }
         if self.checker is not None:
             snap["checks"] = self.checker.snapshot()
+        if self.reloader is not None:
+            snap["reload"] = self.reloader.snapshot()
         if connections:
             snap["connections"] = [c.snapshot() for c in list(self.state.clients)]
         return snap
@@ -258,9 +323,14 @@ def run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        access = switch.state.access
-        if access is not None:  # logrotate moved the file: write a new one (nginx -s reopen)
-            loop.add_signal_handler(signal.SIGUSR1, access.reopen)
+        # logrotate moved the file: write a new one (nginx -s reopen); the log in force, which a
+        # reload may have replaced
+        loop.add_signal_handler(signal.SIGUSR1,
+                                lambda: switch.state.access.reopen() if switch.state.access else None)
+        if not config.path.startswith("<"):
+            reloader = Reloader(config.path, switch.apply)
+            switch.reloader = reloader
+            loop.add_signal_handler(signal.SIGHUP, reloader.request)
         await stop.wait()
         log.info("stopping: no new connections, finishing %d in flight", len(switch.clients))
         await switch.stop()

@@ -109,3 +109,51 @@ def test_run_accepts_positional_file(tmp_path, free_port):
         if p.poll() is None:
             p.kill()
             p.wait(5)
+
+
+def test_sighup_reloads_and_a_broken_file_keeps_serving(tmp_path, free_port, origin_factory):
+    """``kill -HUP``: the file is read again and applied (old code: the process died, exit 129);
+    a broken file is refused with its error at FILE:LINE:COL and the switch keeps serving."""
+    o1, o2 = origin_factory("o1"), origin_factory("o2")
+    rules = tmp_path / "rules.yaml"
+
+    def write(port: int, default: str = "web") -> None:
+        rules.write_text(f"listen:\n  - address: 127.0.0.1:{free_port}\npools:\n  web:\n    servers:\n"
+                         f"      - 127.0.0.1:{port}\ndefault_pool: {default}\n")
+
+    def server_name() -> str:
+        with socket.create_connection(("127.0.0.1", free_port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return next(line.split(b":", 1)[1].strip().decode() for line in data.split(b"\r\n")
+                    if line.lower().startswith(b"x-server:"))
+
+    write(o1.port)
+    p = _spawn("run", str(rules))
+    try:
+        def serving() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", free_port), timeout=0.5).close()
+                return True
+            except OSError:
+                return p.poll() is not None
+        wait_for(serving, timeout=5.0, step=0.05)
+        assert server_name() == "o1"
+        write(o2.port)
+        p.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: server_name() == "o2", 5.0, step=0.05)
+        write(o1.port, default="wbe")  # broken: unknown pool
+        p.send_signal(signal.SIGHUP)
+        wait_for(lambda: False, 0.5)
+        assert p.poll() is None and server_name() == "o2"
+        p.send_signal(signal.SIGTERM)
+        code, text = _finish(p)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+    assert code == 0, text
+    assert f"reload refused: {rules}:7:15: default_pool: unknown pool 'wbe'" in text, text
+    assert "reloaded" in text and "Traceback" not in text
