@@ -238,6 +238,14 @@ class LogSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSpec:
+    # The Unix socket ``l7switch ctl`` talks to. None: the default path (runtime/admin.py
+    # default_socket) when started by ``l7switch run``; "" (``admin: off``): no socket.
+    socket: str | None = None
+    mode: int = 0o600  # owner only: whoever can write to it can drain every server
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     listeners: tuple[ListenerSpec, ...]
@@ -249,3 +257,4 @@ class Config:
     upstream: UpstreamSpec = field(default_factory=UpstreamSpec)
     splice: SpliceSpec = field(default_factory=SpliceSpec)
     log: LogSpec = field(default_factory=LogSpec)
+    admin: AdminSpec = field(default_factory=AdminSpec)

@@ -340,10 +340,13 @@ class ServerPool:
     def inherit(self, old: ServerPool) -> list[str]:
         """After a reload: each server of this (new) pool that ``old`` also had — same name and
         address — takes over what is known of it: health (check counts when its check is
-        unchanged), agent state, ejections, admin state (drain, maint) and its counters, so a
-        reload neither revives a dead server nor forgets a drained one. Returns the names
-        carried over. (HAProxy's server-state-file does this across a restart.)"""
+        unchanged), agent state, ejections and counters, and — unless the file changed what it
+        says of that server — what an operator set at run time (admin state, weight): a reload
+        neither revives a dead server nor forgets a drained one. Returns the names carried over.
+        (HAProxy's server-state-file does this across a restart; its runtime changes are lost.)"""
         olds = {(s.name, s.host, s.port): s for s in old.all_servers}
+        old_specs = {s.name: s for s in (*old.spec.servers, *old.spec.backup)}
+        new_specs = {s.name: s for s in (*self.spec.servers, *self.spec.backup)}
         carried: list[str] = []
         now = self.clock()
         for server in self.all_servers:
@@ -366,7 +369,11 @@ class ServerPool:
             if prev in old._ejections:
                 self._ejections[server] = old._ejections[prev]
             before = prev.state
-            server.admin, server.agent_pct, server.since = prev.admin, prev.agent_pct, prev.since
+            if old_specs.get(server.name) == new_specs.get(server.name):
+                # What an operator set at run time (ctl: drain, disable, weight) stays, unless
+                # the file now says something new about this server: then the file wins.
+                server.admin, server.base_weight = prev.admin, prev.base_weight
+            server.agent_pct, server.since = prev.agent_pct, prev.since
             server.total, server.failures, server.errors = prev.total, prev.failures, prev.errors
             server.retries, server.redispatches, server.latency = prev.retries, prev.redispatches, prev.latency
             if prev in old._ramping:

@@ -1,4 +1,4 @@
-"""The ``l7switch`` command: run, check, explain, demo.
+"""The ``l7switch`` command: run, check, explain, ctl, demo.
 
 Exit codes: 0 success, 1 a rule file with problems (each printed as FILE:LINE:COL: message,
 the format editors and CI annotators jump to), 2 bad command-line usage (argparse's own).
@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..guard.clients import describe
 from ..http.rules import RequestView, Router
 from ..spec import Config
+from .ctl import add_parser as add_ctl
 
 
 def _load(path: str) -> Config | None:
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--client", default="127.0.0.1", metavar="ADDR",
                          help="client address, for hash_key: source and per-client limits (default 127.0.0.1)")
     explain.set_defaults(func=cmd_explain)
+
+    add_ctl(sub)
 
     demo = sub.add_parser("demo", help="start a switch with demo origin servers")
     demo.add_argument("--port", type=int, default=8080, help="switch port (default 8080)")

@@ -1,8 +1,11 @@
-"""Reading the ``log`` section::
+"""Reading the ``log`` and ``admin`` sections::
 
     log:
       access: /var/log/l7switch/access.log   # or stdout, stderr, off (the default)
       format: json                           # or combined (the default: Apache/nginx's)
+    admin:
+      socket: /run/l7switch.sock             # l7switch ctl's socket; off: none
+      mode: "0600"                           # who may use it (owner only by default)
 
 A relative path is resolved against the rule file's directory, as certificates are. Problems are
 recorded with their position; nothing raises.
@@ -16,7 +19,7 @@ from typing import Any
 
 from yaml.nodes import Node, ScalarNode
 
-from ..spec import LogSpec
+from ..spec import AdminSpec, LogSpec
 from .listen import _base_dir
 from .yamlnodes import Issues, did_you_mean, mapping, read_fields, text
 
@@ -68,3 +71,41 @@ def parse_log(node: Node, issues: Issues, filename: str) -> LogSpec:
                 issues.add(m["access"][1], f"log.access: directory {os.path.dirname(access)!r} does not exist")
     values["access"] = access
     return LogSpec(**values)
+
+
+def _mode(node: Node, path: str, issues: Issues) -> int | None:
+    value = text(node, path, issues, "a file mode such as '0600'")
+    if value is None:
+        return None
+    try:
+        mode = int(value.strip(), 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        issues.add(node, f"{path}: expected a file mode in octal such as '0600' or '0660', found {value!r}")
+        return None
+    return mode
+
+
+ADMIN_READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"socket": _access, "mode": _mode}
+
+
+def parse_admin(node: Node, issues: Issues, filename: str) -> AdminSpec:
+    if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF:
+        return AdminSpec(socket="")
+    m = mapping(node, "admin", issues, ADMIN_READERS)
+    if m is None:
+        return AdminSpec()
+    values = read_fields(m, ADMIN_READERS, "admin", issues)
+    if values is None:
+        return AdminSpec()
+    sock = values.get("socket")
+    if sock is not None:
+        if sock.lower() in _OFF:
+            sock = ""
+        elif sock:
+            sock = os.path.join(_base_dir(filename), sock)
+            if not os.path.isdir(os.path.dirname(sock)):
+                issues.add(m["socket"][1], f"admin.socket: directory {os.path.dirname(sock)!r} does not exist")
+        values["socket"] = sock
+    return AdminSpec(**values)

@@ -27,6 +27,7 @@ from ..passthrough.connection import PassthroughConnection
 from ..proxy.frontend import ClientConnection
 from ..proxy.state import Generation, SwitchState
 from ..spec import Config, ListenerSpec
+from .admin import Admin, AdminServer, default_socket
 from .listeners import Listener, Listeners
 from .reload import Reloader
 
@@ -61,6 +62,8 @@ class Switch:
         state.clock.every(POOL_TICK, self._tick_pools)
         self.accept = Listeners()  # pauses and resumes at the connection cap (proxy/state.Accept)
         self._closed_servers: list[asyncio.Server] = []
+        #: The admin socket when the file names none: "" (none) unless run() sets the default.
+        self.default_admin = ""
         self.addresses: list[tuple[str, int]] = []
         #: Each listener spec's sockets, by (host, port) as written: what a reload compares.
         self.listening: dict[tuple[str, int], tuple[ListenerSpec, list[Listener]]] = {}
@@ -68,6 +71,8 @@ class Switch:
         # swaps pools under running checks.
         self.checker: HealthChecker | None = None
         self.reloader: Reloader | None = None  # set by run() (SIGHUP) when there is a file
+        self.admin = Admin(self)  # the operations of ``l7switch ctl`` (runtime/admin.py)
+        self.admin_server: AdminServer | None = None
 
     def _tick_pools(self, now: float) -> None:
         """``ServerPool.tick`` for the current pools (ejections ending, slow start, queues)."""
@@ -111,12 +116,34 @@ class Switch:
             self.accept = Listeners()
             raise
         self._set_cap()
+        await self._open_admin()
         self.state.accept = self.accept
         self.state.clock.start()
         self.state.current.defer_builds(self.defer_build)
         if needs_checker(self.config.pools):
             self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
             self.checker.start(self.config.pools)
+
+    async def _open_admin(self) -> None:
+        """The admin socket: one the file names must open (else the switch does not start, as
+        for a listener); the default one (config.admin.socket None, filled in by run()) is
+        skipped with a warning when another switch holds it."""
+        spec = self.config.admin
+        path = spec.socket if spec.socket is not None else self.default_admin
+        if not path:
+            return
+        server = AdminServer(self.admin, path, spec.mode)
+        try:
+            await server.start()
+        except OSError as exc:
+            why = exc.strerror.lower() if exc.strerror else str(exc)
+            if spec.socket is None:
+                log.warning("no admin socket %s: %s", path, why)
+                return
+            self.accept.close()
+            raise ListenError(f"cannot open admin socket {path}: {why}") from None
+        self.admin_server = server
+        log.info("admin socket %s (l7switch ctl)", path)
 
     def _set_cap(self) -> None:
         cap = self.config.limits.max_connections
@@ -227,6 +254,8 @@ class Switch:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), then close all."""
         state = self.state
         state.draining = True
+        if self.admin_server is not None:
+            await self.admin_server.stop()
         if self.checker is not None:
             await self.checker.stop()
         self._closed_servers = self.accept.close()
@@ -312,6 +341,7 @@ def run(config: Config) -> int:
 
     async def main() -> int:
         switch = Switch(config)
+        switch.default_admin = default_socket()
         try:
             await switch.start()
         except ListenError as exc:
