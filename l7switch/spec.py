@@ -238,6 +238,20 @@ class LogSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteTest:
+    """One of the rule file's ``tests``: a request and where it must go (config/selftests.py)."""
+
+    number: int  # 1-based, as reported
+    line: int
+    column: int
+    url: str
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    pool: str
+    rule: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSpec:
     # The Unix socket ``l7switch ctl`` talks to. None: the default path (runtime/admin.py
     # default_socket) when started by ``l7switch run``; "" (``admin: off``): no socket.
@@ -258,3 +272,4 @@ class Config:
     splice: SpliceSpec = field(default_factory=SpliceSpec)
     log: LogSpec = field(default_factory=LogSpec)
     admin: AdminSpec = field(default_factory=AdminSpec)
+    tests: tuple[RouteTest, ...] = ()

@@ -40,9 +40,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             status = 1
             continue
         n_pools, n_rules, n_listen = len(config.pools), len(config.rules), len(config.listeners)
+        n_tests = len(config.tests)
+        tests = f", {n_tests} test{'s' if n_tests != 1 else ''} passed" if n_tests else ""
         print(f"{path}: OK ({n_pools} pool{'s' if n_pools != 1 else ''}, "
               f"{n_rules} rule{'s' if n_rules != 1 else ''}, "
-              f"{n_listen} listener{'s' if n_listen != 1 else ''})")
+              f"{n_listen} listener{'s' if n_listen != 1 else ''}{tests})")
     return status
 
 

@@ -25,13 +25,14 @@ from . import health
 from . import protect
 from .listen import Listen, check_pool_use, parse_listen
 from .logs import parse_admin, parse_log
+from .selftests import parse_tests, run_tests
 from .matches import parse_rules
 from .persist import check_cookie_names, parse_persistence, server_cookie
 from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duration, expect, integer,
                         is_ip, is_null, kind, mapping, nonempty_text, plain_value, record, size)
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice", "log",
-            "admin")
+            "admin", "tests")
 POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence", *health.POOL_KEYS)
 SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve", *health.SERVER_KEYS)
 # When a server's host name must resolve: at check time (as HAProxy and nginx refuse to start on
@@ -131,13 +132,17 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     splice = section("splice", _splice, SpliceSpec())
     log_spec = section("log", lambda n, i: parse_log(n, i, filename), LogSpec())
     admin = section("admin", lambda n, i: parse_admin(n, i, filename), AdminSpec())
+    tests = section("tests", parse_tests, ())
+    if not issues and default_pool:
+        # Only a file that is otherwise sound routes anything: its own tests run last.
+        run_tests(tests, rule_list, default_pool, list(pools), issues)
     if issues:
         raise ConfigError(issues.sorted())
     return Config(
         path=filename, listeners=tuple(listen.specs), pools=types.MappingProxyType(pools),
         rules=rule_list, default_pool=default_pool, timeouts=timeouts,
         limits=limits, upstream=upstream, splice=splice, log=log_spec,
-        admin=admin,
+        admin=admin, tests=tests,
     )
 
 

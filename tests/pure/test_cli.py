@@ -18,7 +18,7 @@ def l7(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("name,summary", [
-    ("rules/example.yaml", "OK (4 pools, 6 rules, 2 listeners)"),
+    ("rules/example.yaml", "OK (4 pools, 6 rules, 2 listeners, 5 tests passed)"),
     ("rules/minimal.yaml", "OK (1 pool, 0 rules, 1 listener)"),
 ])
 def test_check_shipped_files_ok(name: str, summary: str) -> None:
@@ -178,3 +178,16 @@ def test_explain_tells_the_per_client_limits_for_the_client(tmp_path: Path) -> N
                                          "per 192.0.2.0/24 (netmask 24/64)")
     r = l7("explain", str(f), "/", "--client", "10.2.3.4")
     assert r.stdout.splitlines()[-1] == "per-client limits: 10.2.3.4 is in a trusted network: not limited"
+
+
+def test_check_reports_a_failing_self_test_and_exits_1(tmp_path):
+    """A rule edit that sends a request astray fails `check` at the test's own line."""
+    text = (open("rules/example.yaml").read().replace("path_prefix: /images/", "path_prefix: /img/")
+            .replace("extension: [png, .jpg, GIF, svg]", "extension: [jpg, svg]"))
+    f = tmp_path / "site.yaml"
+    f.write_text(text)
+    r = l7("check", str(f))
+    assert r.returncode == 1
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if "logo.png, pool: images" in ln)
+    assert f"{f}:{line}:5: test 2: GET http://www.example.com/images/logo.png went to pool html by rule '#6'" \
+        in r.stdout, r.stdout

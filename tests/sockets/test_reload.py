@@ -213,3 +213,17 @@ def test_reload_storm_is_coalesced(lt, origin_factory, switch_factory, tmp_path)
     lt.run(storm(0.05))  # nine arrive while the first reads the file
     assert reloader.count == 3 and reloader.failed == 0
     assert loads[2] - loads[1] >= 0.2  # one after the other, never overlapping
+
+
+def test_a_file_whose_own_tests_fail_is_refused(lt, origin_factory, switch_factory, tmp_path):
+    path, sw, o1, o2, reloader = _setup(tmp_path, origin_factory, switch_factory, lt)
+    _write(path, {"o2": o2.port}, "o2",
+           extra="rules:\n  - {name: small, match: {path_prefix: /small/}, pool: other}\n"
+                 "tests:\n  - {url: /small/x, pool: web}\n")
+    result = lt.run(reloader.reload())
+    assert not result.ok
+    assert result.errors == [f"{path}:10:5: test 1: GET /small/x went to pool other by rule 'small' (line 8); "
+                             "expected pool web"]
+    with Conn(sw.port) as c:
+        c.send(get("/small/x"))
+        assert c.response().header("x-server") == "o1"  # the old file, whole
