@@ -130,9 +130,10 @@ class Admin:
     async def show_info(self, args: list[str]) -> dict[str, Any]:
         sw = self.switch
         reloader = sw.reloader
+        loaded = reloader.loaded_at if reloader is not None else self.started
         return {"version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
                 "workers": 1, "config": sw.config.path,
-                "loaded_at": reloader.loaded_at if reloader is not None else self.started,
+                "loaded_at": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(loaded)),
                 "reloads": reloader.count if reloader is not None else 0,
                 "reloads_refused": reloader.failed if reloader is not None else 0,
                 "listeners": [f"{h}:{p}" for h, p in sw.addresses], "clients": len(sw.state.clients),
