@@ -235,6 +235,9 @@ class LogSpec:
     # rule file's directory), or None: off (the default, as HAProxy without a "log" line).
     access: str | None = None
     format: str = "combined"  # Apache/nginx "combined", or "json" (one object a line)
+    # The request id (the access log's, the error pages') goes to servers under this header when
+    # the request has none (nginx's $request_id, HAProxy's unique-id-header); "" : not sent.
+    request_id_header: str = "X-Request-ID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,3 +276,7 @@ class Config:
     log: LogSpec = field(default_factory=LogSpec)
     admin: AdminSpec = field(default_factory=AdminSpec)
     tests: tuple[RouteTest, ...] = ()
+    # How long requests and tunnels of a configuration a reload replaced (or of a stopping
+    # switch) may go on before their connections are cut: HAProxy's hard-stop-after, which has
+    # no default there; 30 s is Kubernetes' default termination grace period.
+    hard_stop_after: float = 30.0

@@ -32,7 +32,7 @@ from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duratio
                         is_ip, is_null, kind, mapping, nonempty_text, plain_value, record, size)
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice", "log",
-            "admin", "tests")
+            "admin", "tests", "hard_stop_after")
 POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence", *health.POOL_KEYS)
 SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve", *health.SERVER_KEYS)
 # When a server's host name must resolve: at check time (as HAProxy and nginx refuse to start on
@@ -133,6 +133,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     log_spec = section("log", lambda n, i: parse_log(n, i, filename), LogSpec())
     admin = section("admin", lambda n, i: parse_admin(n, i, filename), AdminSpec())
     tests = section("tests", parse_tests, ())
+    hard_stop_after = section("hard_stop_after", lambda n, i: duration(n, "hard_stop_after", i), 30.0)
     if not issues and default_pool:
         # Only a file that is otherwise sound routes anything: its own tests run last.
         run_tests(tests, rule_list, default_pool, list(pools), issues)
@@ -142,7 +143,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         path=filename, listeners=tuple(listen.specs), pools=types.MappingProxyType(pools),
         rules=rule_list, default_pool=default_pool, timeouts=timeouts,
         limits=limits, upstream=upstream, splice=splice, log=log_spec,
-        admin=admin, tests=tests,
+        admin=admin, tests=tests, hard_stop_after=hard_stop_after,
     )
 
 

@@ -3,6 +3,7 @@
     log:
       access: /var/log/l7switch/access.log   # or stdout, stderr, off (the default)
       format: json                           # or combined (the default: Apache/nginx's)
+      request_id_header: X-Request-ID        # the id to servers when absent; off: not sent
     admin:
       socket: /run/l7switch.sock             # l7switch ctl's socket; off: none
       mode: "0600"                           # who may use it (owner only by default)
@@ -49,7 +50,21 @@ def _format(node: Node, path: str, issues: Issues) -> str | None:
     return value.strip().lower()
 
 
-READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"access": _access, "format": _format}
+def _id_header(node: Node, path: str, issues: Issues) -> str | None:
+    value = text(node, path, issues, "a header name such as X-Request-ID, or off")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.lower() in _OFF:
+        return ""
+    if not value or any(c in value for c in " \t:\r\n") or not value.isascii():
+        issues.add(node, f"{path}: {value!r} is not a header name")
+        return None
+    return value
+
+
+READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"access": _access, "format": _format,
+                                                          "request_id_header": _id_header}
 
 
 def parse_log(node: Node, issues: Issues, filename: str) -> LogSpec:

@@ -293,12 +293,15 @@ def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
 
 
 def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunked: bool,
-                         cookies: list[bytes] | None = None) -> bytes:
+                         cookies: list[bytes] | None = None, request_id: bytes = b"",
+                         id_header: bytes = b"") -> bytes:
     """The request head for the server: hop-by-hop gone, our X-Forwarded-* and Via added.
 
     Connection-listed fields are removed *before* ours are added, so `Connection:
     X-Forwarded-For` cannot delete what the switch adds (hop-by-hop header abuse).
     ``cookies`` (balance/persistence.py's edit) replaces the Cookie fields, in order; [] forwards none.
+    ``id_header`` (lower case, e.g. b"x-request-id"): the switch's ``request_id`` goes to the
+    server under that name unless the request already carries one (which then goes as it came).
     """
     drop = hop_by_hop(head.headers)
     if cookies is not None:
@@ -319,6 +322,8 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
     ip = client_ip.encode()
     out.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
     out.append(b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nVia: %s\r\n" % (proto, head.host, VIA))
+    if id_header and not any(name == id_header for name, _ in head.headers):
+        out.append(b"%s: %s\r\n" % (id_header, request_id))
     if head.upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % head.upgrade)
     if chunked:

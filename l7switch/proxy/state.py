@@ -150,7 +150,7 @@ class IdleClient(Protocol):
 
 
 class Generation:
-    __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice")
+    __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice", "id_header")
 
     def __init__(self, config: Config, tables: Tables, clock: Clock,
                  spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
@@ -159,6 +159,7 @@ class Generation:
         self.timeouts = config.timeouts
         self.limits = config.limits
         self.splice = config.splice
+        self.id_header = config.log.request_id_header.lower().encode("latin-1")
         self.router = Router.from_specs(config.rules, config.default_pool)
         self.pools: dict[str, ServerPool] = build_pools(config.pools, tables, config.timeouts.queue)
         up = config.upstream

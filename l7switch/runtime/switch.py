@@ -225,8 +225,21 @@ class Switch:
         if needs_checker(config.pools):
             self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
             self.checker.start(config.pools)
+        asyncio.get_running_loop().call_later(config.hard_stop_after, self._cut, old)
         return {"opened": [new_specs[k].address for k in opened], "changed": changed, "closed": closed,
                 "pools": sorted(self.state.current.pools), "kept_servers": kept}
+
+    def _cut(self, old: Generation) -> None:
+        """hard_stop_after a reload: connections still serving a request (or a tunnel) of the
+        replaced configuration are cut; keep-alive clients between requests are not affected."""
+        stale = [c for c in list(self.state.clients)
+                 if isinstance(c, ClientConnection) and c.exchange is not None and c.exchange.gen is old]
+        if stale:
+            log.warning("hard_stop_after %gs: cutting %d connection%s still on the configuration "
+                        "replaced by a reload", self.config.hard_stop_after, len(stale),
+                        "" if len(stale) == 1 else "s")
+        for client in stale:
+            client.abort()
 
     def defer_build(self, build: Callable[[], Any], install: Callable[[Any], None]) -> None:
         """Build a scheduler table (Maglev, chash ring) in a worker thread, install it on the loop.
@@ -363,7 +376,7 @@ def run(config: Config) -> int:
             loop.add_signal_handler(signal.SIGHUP, reloader.request)
         await stop.wait()
         log.info("stopping: no new connections, finishing %d in flight", len(switch.clients))
-        await switch.stop()
+        await switch.stop(switch.config.hard_stop_after)
         return 0
 
     return uvloop.run(main())

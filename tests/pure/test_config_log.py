@@ -26,3 +26,15 @@ def test_access_path_relative_to_the_rule_file(tmp_path) -> None:
                      "log: {access: access.log}\n")
     cfg = parse_config(rules.read_text(), str(rules))
     assert cfg.log.access == str(tmp_path / "access.log") and cfg.log.format == "combined"
+
+
+def test_hard_stop_after_and_request_id_header() -> None:
+    head = "listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:1]}}\ndefault_pool: p\n"
+    cfg = parse_config(head + "hard_stop_after: 10s\nlog: {request_id_header: X-Trace-Id}\n")
+    assert cfg.hard_stop_after == 10.0 and cfg.log.request_id_header == "X-Trace-Id"
+    assert parse_config(head).hard_stop_after == 30.0 and parse_config(head).log.request_id_header == "X-Request-ID"
+    assert parse_config(head + "log: {request_id_header: off}\n").log.request_id_header == ""
+    with pytest.raises(ConfigError) as exc:
+        parse_config(head + "hard_stop_after: soon\nlog: {request_id_header: 'X Id'}\n", "f.yaml")
+    text = "\n".join(str(i) for i in exc.value.issues)
+    assert "f.yaml:4:18: hard_stop_after:" in text and "'X Id' is not a header name" in text

@@ -130,3 +130,23 @@ def test_log_to_stdout_by_default_off(origin_factory, switch_factory):
                         "default_pool: p\n")
     assert sw.state.access is None
     assert sw.snapshot()["access_log"] is None
+
+
+def test_request_id_reaches_the_server_unless_it_has_one(lt, origin_factory, switch_factory, tmp_path):
+    """The id of the access line and error pages goes to the server as X-Request-ID (nginx's
+    $request_id); a request that carries one keeps its own; ``request_id_header: off`` sends none."""
+    o = origin_factory("o1")
+    path = str(tmp_path / "a.json")
+    sw = switch_factory(_config(o.port, path, "json"))
+    with Conn(sw.port) as c:
+        c.send(get("/echo"))
+        sent = [v for n, v in c.response().json()["headers"] if n.lower() == "x-request-id"]
+        c.send(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Request-ID: from-the-client\r\n\r\n")
+        theirs = [v for n, v in c.response().json()["headers"] if n.lower() == "x-request-id"]
+    first = json.loads(_lines(lt, sw, path, 1)[0])
+    assert sent == [first["id"]] and theirs == ["from-the-client"]
+    off = switch_factory(_config(o.port, str(tmp_path / "b.json"), "json").replace(
+        "format: json}", "format: json, request_id_header: off}"))
+    with Conn(off.port) as c:
+        c.send(get("/echo"))
+        assert not [n for n, _ in c.response().json()["headers"] if n.lower() == "x-request-id"]

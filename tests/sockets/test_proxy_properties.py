@@ -53,7 +53,7 @@ TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRST
 # Header names the switch treats specially; generated extension headers never collide with them.
 SPECIAL = {"host", "content-length", "transfer-encoding", "connection", "expect", "keep-alive",
            "proxy-connection", "te", "trailer", "upgrade", "via", "x-forwarded-for",
-           "x-forwarded-proto", "x-forwarded-host"}
+           "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
 HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
 
 tokens = st.text(TCHAR, min_size=1, max_size=12)
@@ -181,7 +181,8 @@ def check_echo(doc: dict, req: dict) -> None:
     for t in req["trailers"]:
         assert t not in names, f"trailer field {t!r} merged into the header section"
     # Field names are case-insensitive (RFC 9110 §5.1); the switch forwards them lower-cased.
-    ext = [(n.lower(), v) for n, v in got if n.lower().startswith("x-") and not n.lower().startswith("x-forwarded-")]
+    ext = [(n.lower(), v) for n, v in got if n.lower().startswith("x-") and not n.lower().startswith("x-forwarded-")
+           and n.lower() != "x-request-id"]  # (the switch's own, tested in test_access_log)
     assert ext == [(n.lower(), v) for n, v in req["kept"]]
     if req["method"] in ("POST", "PUT"):
         # The switch writes its own framing: exactly one of CL / TE chunked.
@@ -570,7 +571,7 @@ def test_differential_against_h11(origin_factory, switch_factory):
         assert doc["url"] == normalize_path(path) + q + query
         assert doc["body"].encode("latin-1") == body
         ext = [(n.lower(), v) for n, v in doc["headers"] if n.lower().startswith("x-")
-               and not n.lower().startswith("x-forwarded")]
+               and not n.lower().startswith("x-forwarded") and n.lower() != "x-request-id"]
         assert ext == [(n.decode().lower(), v.decode("latin-1")) for n, v in h11_headers
                        if n.lower().startswith(b"x-")]
     run()

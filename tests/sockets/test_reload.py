@@ -227,3 +227,25 @@ def test_a_file_whose_own_tests_fail_is_refused(lt, origin_factory, switch_facto
     with Conn(sw.port) as c:
         c.send(get("/small/x"))
         assert c.response().header("x-server") == "o1"  # the old file, whole
+
+
+def test_hard_stop_after_cuts_what_is_left_on_the_old_configuration(lt, origin_factory, switch_factory,
+                                                                    tmp_path):
+    """A request still on the replaced configuration hard_stop_after the reload is cut; a
+    keep-alive client between requests is not, and new requests are served."""
+    path, sw, o1, o2, reloader = _setup(tmp_path, origin_factory, switch_factory, lt,
+                                        extra="hard_stop_after: 300ms\n")
+    idle = Conn(sw.port)
+    idle.send(get("/x"))
+    assert idle.response().status == 200
+    slow = Conn(sw.port, timeout=5)
+    slow.send(get("/delay/3000"))
+    time.sleep(0.1)
+    _write(path, {"o2": o2.port}, "o2", extra="hard_stop_after: 300ms\n")
+    t0 = time.monotonic()
+    assert lt.run(reloader.reload()).ok
+    assert slow.is_closed(wait=2.0) and time.monotonic() - t0 < 1.5
+    idle.send(get("/x"))  # between requests at the cut: kept, and now on the new file
+    assert idle.response().header("x-server") == "o2"
+    idle.close()
+    slow.close()
