@@ -22,7 +22,7 @@ from ..runtime.admin import default_socket
 TIMEOUT = 60.0  # a reload may take a while (a big file, host names to resolve)
 
 HELP = """commands:
-  show pools | show servers [POOL] | show info
+  show pools | show servers [POOL] | show info | show client ADDRESS
   show persistence POOL [--limit N] | clear persistence POOL [KEY]
   set weight POOL/SERVER N|N%  |  drain POOL/SERVER | disable POOL/SERVER | enable POOL/SERVER
   reload | check"""
@@ -104,6 +104,8 @@ def render(result: Any) -> str:
     if isinstance(result, list):
         if not result:
             return "(none)"
+        if all(isinstance(x, str) for x in result):
+            return "\n".join(result)
         cols = list(result[0])
         cells = [[_cell(row.get(c)) for c in cols] for row in result]
         widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]

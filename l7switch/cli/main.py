@@ -68,9 +68,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(router.explain(view, config.pools))
     _, pool = router.route(view)
     print("\n".join(explain_choice(config.pools[pool], view, args.client)))
-    if config.limits.per_client is not None:
-        # From the file alone: the client's key and its limits (whether it is limited now needs
-        # the live switch's table: later, through the admin socket).
+    if args.live:
+        # The running switch's own table, through its admin socket: is this client limited now?
+        from .ctl import call, socket_path
+
+        reply = call(socket_path(argparse.Namespace(socket=args.socket, config=args.file)),
+                     ["show", "client", args.client])
+        if not reply.get("ok"):
+            print(f"l7switch explain: {reply.get('error')}", file=sys.stderr)
+            return 1
+        print("\n".join(reply["result"]))
+    elif config.limits.per_client is not None:
+        # From the file alone: the client's key and its limits (--live asks the running switch).
         print("\n".join(describe(None, config.limits.per_client, args.client)))
     return 0
 
@@ -120,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                          metavar="'Name: value'", help="a request header (repeatable)")
     explain.add_argument("--client", default="127.0.0.1", metavar="ADDR",
                          help="client address, for hash_key: source and per-client limits (default 127.0.0.1)")
+    explain.add_argument("--live", action="store_true",
+                         help="ask the running switch (admin socket) whether --client is limited now")
+    explain.add_argument("--socket", metavar="PATH", help="with --live: the admin socket (default: the file's)")
     explain.set_defaults(func=cmd_explain)
 
     add_ctl(sub)

@@ -27,6 +27,7 @@ from ..balance.pool import ServerPool
 from ..balance.servers import DRAIN, MAINT, READY, Server
 from ..config import load_config
 from ..errors import ConfigError
+from ..guard.clients import describe
 from ..version import __version__
 
 log = logging.getLogger("l7switch")
@@ -68,6 +69,7 @@ class Admin:
             "show persistence": self.show_persistence, "clear persistence": self.clear_persistence,
             "set weight": self.set_weight, "drain": self.drain, "disable": self.disable,
             "enable": self.enable, "reload": self.reload, "check": self.check,
+            "show client": self.show_client,
         }
 
     async def run(self, args: list[str]) -> Any:
@@ -138,6 +140,13 @@ class Admin:
                 "reloads_refused": reloader.failed if reloader is not None else 0,
                 "listeners": [f"{h}:{p}" for h, p in sw.addresses], "clients": len(sw.state.clients),
                 "requests": sw.state.requests}
+
+    async def show_client(self, args: list[str]) -> list[str]:
+        """What the per-client limits say about one client address now (explain --client --live)."""
+        if len(args) != 1:
+            raise AdminError("expected: show client ADDRESS")
+        state = self.switch.state
+        return describe(state.guard, self.switch.config.limits.per_client, args[0])
 
     def _table(self, pool: ServerPool) -> Any:
         persist = pool.persistence or pool.hello_persistence

@@ -160,3 +160,29 @@ def test_second_switch_on_the_same_socket_refuses_to_start(lt, tmp_path, origin_
         lt.run(other.stop(0.1))
         raise AssertionError("a second switch took the admin socket")
     assert wait_for(lambda: ctl(sock, "show", "info")[0] == 0, 3)  # the first still answers
+
+
+def test_explain_live_says_whether_a_client_is_limited_now(lt, tmp_path, origin_factory, switch_factory):
+    """explain --client ADDR --live asks the running switch's per-client table (issue 10's
+    left-over): a client at its connection limit is told so."""
+    o1 = origin_factory("o1")
+    sock = tmp_path / "admin.sock"
+    path = tmp_path / "site.yaml"
+    path.write_text("listen: [{address: 127.0.0.1:0}]\n"
+                    f"pools: {{web: {{servers: [127.0.0.1:{o1.port}]}}}}\ndefault_pool: web\n"
+                    f"limits: {{per_client: {{connections: 2}}}}\nadmin: {{socket: {sock}}}\n")
+    sw = switch_factory(load_config(str(path)))
+    held = [Conn(sw.port) for _ in range(2)]
+    try:
+        assert wait_for(lambda: lt.call(lambda: len(sw.clients)) == 2, 3)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        p = subprocess.run([sys.executable, "-m", "l7switch", "explain", str(path), "/x", "--client", "127.0.0.1",
+                            "--live"], capture_output=True, text=True, timeout=30, env=env, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        assert "127.0.0.1: 2 connections open" in p.stdout
+        assert "at its connection limit: new connections are closed" in p.stdout
+        code, out, _ = ctl(sock, "show", "client", "10.9.8.7")
+        assert code == 0 and "not in the table" in out
+    finally:
+        for c in held:
+            c.close()
