@@ -345,6 +345,7 @@ class ServerPool:
         neither revives a dead server nor forgets a drained one. Returns the names carried over.
         (HAProxy's server-state-file does this across a restart; its runtime changes are lost.)"""
         olds = {(s.name, s.host, s.port): s for s in old.all_servers}
+        mapping: dict[Server, Server] = {}
         old_specs = {s.name: s for s in (*old.spec.servers, *old.spec.backup)}
         new_specs = {s.name: s for s in (*self.spec.servers, *self.spec.backup)}
         carried: list[str] = []
@@ -354,6 +355,7 @@ class ServerPool:
             if prev is None:
                 continue
             carried.append(server.name)
+            mapping[prev] = server
             check, prev_check = self.checks.get(server), old.checks.get(prev)
             if check is not None and prev_check is not None:
                 if (check.rise, check.fall) == (prev_check.rise, prev_check.fall):
@@ -380,6 +382,7 @@ class ServerPool:
                 self._ramping[server] = old._ramping[prev]
                 server.ramp = prev.ramp
             self._apply(server, "kept across a reload", now, before)
+        self.scheduler.inherit(old.scheduler, mapping)
         return carried
 
     # ---- introspection ------------------------------------------------------------------------------

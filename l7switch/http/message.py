@@ -293,24 +293,28 @@ def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
 
 
 def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunked: bool,
-                         cookies: list[bytes] | None = None, request_id: bytes = b"",
-                         id_header: bytes = b"") -> bytes:
+                         cookies: list[bytes] | None = None, id_header: bytes = b"",
+                         id_name: bytes = b"", id_prefix: bytes = b"", seq: int = 0) -> bytes:
     """The request head for the server: hop-by-hop gone, our X-Forwarded-* and Via added.
 
     Connection-listed fields are removed *before* ours are added, so `Connection:
     X-Forwarded-For` cannot delete what the switch adds (hop-by-hop header abuse).
     ``cookies`` (balance/persistence.py's edit) replaces the Cookie fields, in order; [] forwards none.
-    ``id_header`` (lower case, e.g. b"x-request-id"): the switch's ``request_id`` goes to the
-    server under that name unless the request already carries one (which then goes as it came).
+    ``id_header`` (lower case, e.g. b"x-request-id"): the switch's request id (``id_prefix`` and
+    ``seq`` in hex, as SwitchState.request_id writes it) goes to the server as ``id_name`` unless
+    the request already carries one (which then goes as it came).
     """
     drop = hop_by_hop(head.headers)
     if cookies is not None:
         drop = _DROP_COOKIE if drop is HOP_BY_HOP else drop | _COOKIE
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (head.method, head.target, head.host)]
     xff = None
+    has_id = False
     for name, value in head.headers:
         if name in drop:
             continue
+        if name == id_header:
+            has_id = True
         if name in OWNED_REQUEST:
             if name == b"x-forwarded-for":
                 xff = value if xff is None else xff + b", " + value
@@ -322,8 +326,8 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
     ip = client_ip.encode()
     out.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
     out.append(b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nVia: %s\r\n" % (proto, head.host, VIA))
-    if id_header and not any(name == id_header for name, _ in head.headers):
-        out.append(b"%s: %s\r\n" % (id_header, request_id))
+    if id_header and not has_id:
+        out.append(b"%s: %s%010x\r\n" % (id_name, id_prefix, seq))
     if head.upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % head.upgrade)
     if chunked:

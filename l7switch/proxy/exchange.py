@@ -342,9 +342,9 @@ class Exchange:
         # server owes us nothing yet.
         self.t_sent = now = time.monotonic()
         conn.deadline = now + self.gen.timeouts.server if self.req_done else 0.0
-        id_header = self.gen.id_header
+        gen = self.gen
         head = forward_request_head(self.head, client.peer_ip, client.proto, self.head.chunked,
-                                    self.cookies, self.request_id.encode() if id_header else b"", id_header)
+                                    self.cookies, gen.id_header, gen.id_name, self.state.id_bytes, self.seq)
         # A reused connection may turn out to be one the server has just closed: what is sent
         # is kept until the server answers, so the request can go again, whole.
         self.resendable = conn.reused and self.head.upgrade is None

@@ -150,7 +150,7 @@ class IdleClient(Protocol):
 
 
 class Generation:
-    __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice", "id_header")
+    __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice", "id_header", "id_name")
 
     def __init__(self, config: Config, tables: Tables, clock: Clock,
                  spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
@@ -159,7 +159,8 @@ class Generation:
         self.timeouts = config.timeouts
         self.limits = config.limits
         self.splice = config.splice
-        self.id_header = config.log.request_id_header.lower().encode("latin-1")
+        self.id_name = config.log.request_id_header.encode("latin-1")  # as written, for servers
+        self.id_header = self.id_name.lower()  # b"": none sent
         self.router = Router.from_specs(config.rules, config.default_pool)
         self.pools: dict[str, ServerPool] = build_pools(config.pools, tables, config.timeouts.queue)
         up = config.upstream
@@ -210,7 +211,7 @@ class Generation:
 
 class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
-                 "id_prefix", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
+                 "id_prefix", "id_bytes", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
                  "idle", "fresh", "first", "refusals_log", "rate_log", "buffered", "access",
                  "_access_job")
 
@@ -267,6 +268,7 @@ class SwitchState:
         # Request ids: this process's random prefix + a counter, unique across restarts and
         # workers without coordination (nginx's $request_id is 32 random hex digits).
         self.id_prefix = os.urandom(3).hex()
+        self.id_bytes = self.id_prefix.encode()  # (what forward_request_head formats ids with)
 
     def evict_idle(self, n: int, now: float | None = None) -> int:
         """Close up to ``n`` quiet connections: first those that have not sent a byte since

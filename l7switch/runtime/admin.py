@@ -14,12 +14,14 @@ answers ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}`` and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import socket
 import stat
 import time
+import types
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +29,9 @@ from ..balance.pool import ServerPool
 from ..balance.servers import DRAIN, MAINT, READY, Server
 from ..config import load_config
 from ..errors import ConfigError
+from ..config.yamlnodes import parse_address
 from ..guard.clients import describe
+from ..spec import Config, ServerSpec
 from ..version import __version__
 
 log = logging.getLogger("l7switch")
@@ -69,8 +73,14 @@ class Admin:
             "show persistence": self.show_persistence, "clear persistence": self.clear_persistence,
             "set weight": self.set_weight, "drain": self.drain, "disable": self.disable,
             "enable": self.enable, "reload": self.reload, "check": self.check,
-            "show client": self.show_client,
+            "show client": self.show_client, "add server": self.add_server,
+            "remove server": self.remove_server,
         }
+        #: Servers added and removed at run time, by (pool, name): laid over every configuration
+        #: read from the file (a reload keeps them), unless the file changed that server.
+        self.added: dict[tuple[str, str], ServerSpec] = {}
+        self.removed: dict[tuple[str, str], ServerSpec | None] = {}  # the file's spec when removed
+        self._removals: set[asyncio.Task[None]] = set()
 
     async def run(self, args: list[str]) -> Any:
         if not args:
@@ -216,6 +226,89 @@ class Admin:
 
     async def enable(self, args: list[str]) -> dict[str, Any]:
         return await self._admin(args, READY, "enabled by ctl")
+
+    # ---- servers added and removed at run time ------------------------------------------------------
+    def overlay(self, config: Config) -> Config:
+        """``config`` (as read from the file) with the servers added and removed at run time. The
+        file wins for a server it now says something new about: an added name it defines, a
+        removed server whose lines changed."""
+        pools = dict(config.pools)
+        for key, spec in list(self.removed.items()):
+            pool = pools.get(key[0])
+            now = next((s for s in pool.servers if s.name == key[1]), None) if pool is not None else None
+            if now is not None and spec is not None and now != spec:
+                del self.removed[key]  # the file changed it: the file wins
+        for key in list(self.added):
+            pool = pools.get(key[0])
+            if pool is None or any(s.name == key[1] for s in (*pool.servers, *pool.backup)):
+                del self.added[key]  # its pool is gone, or the file now names it
+        for name, pool in pools.items():
+            servers = [s for s in pool.servers if (name, s.name) not in self.removed]
+            servers += [spec for (p, _), spec in self.added.items() if p == name and (p, spec.name) not in self.removed]
+            if len(servers) != len(pool.servers) or any(a is not b for a, b in zip(servers, pool.servers)):
+                pools[name] = dataclasses.replace(pool, servers=tuple(servers))
+        return dataclasses.replace(config, pools=types.MappingProxyType(pools))
+
+    async def add_server(self, args: list[str]) -> dict[str, Any]:
+        """add server POOL NAME ADDRESS [--weight N]: in service at once (with the pool's checks,
+        as its first server has them); kept across reloads until the file names it."""
+        weight = 1
+        if len(args) == 5 and args[3] == "--weight":
+            try:
+                weight = int(args[4])
+            except ValueError:
+                raise AdminError(f"--weight: expected a number, found {args[4]!r}") from None
+            args = args[:3]
+        if len(args) != 3:
+            raise AdminError("expected: add server POOL NAME ADDRESS [--weight N]")
+        pool_name, name, address = args
+        pool = self._pool(pool_name)
+        if not name or any(c in name for c in "/ \t") or any(s.name == name for s in pool.all_servers):
+            raise AdminError(f"server name {name!r}: taken in pool {pool_name!r}, or not a plain name")
+        try:
+            host, port = parse_address(address)
+        except ValueError as exc:
+            raise AdminError(f"address: {exc}") from None
+        if any((s.host, s.port) == (host, port) for s in pool.all_servers):
+            raise AdminError(f"{address} is already a server of pool {pool_name!r}")
+        template = pool.spec.servers[0] if pool.spec.servers else None
+        spec = ServerSpec(name, host, port, weight,
+                          health=template.health if template else None,
+                          agent=template.agent if template else None,
+                          maxconn=template.maxconn if template else 0)
+        self.added[(pool_name, name)] = spec
+        self.removed.pop((pool_name, name), None)
+        await self._apply()
+        return {"server": f"{pool_name}/{name}", "address": spec.address, "weight": weight}
+
+    async def remove_server(self, args: list[str]) -> dict[str, Any]:
+        """remove server POOL/SERVER: drained now (no new requests; sticky clients move), removed
+        once its requests in flight are done (at most hard_stop_after)."""
+        pool, server = self._server(args)
+        if len([s for s in pool.servers if s is not server]) == 0 and not server.backup:
+            raise AdminError(f"{server.name} is the last server of pool {pool.name!r}")
+        key = (pool.name, server.name)
+        file_spec = next((s for s in pool.spec.servers if s.name == server.name), None)
+        pool.set_admin(server, DRAIN, "to be removed by ctl")
+        task = asyncio.get_running_loop().create_task(self._remove_when_idle(key, server, file_spec))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+        return {"server": f"{pool.name}/{server.name}", "state": server.state,
+                "removal": "now" if not server.inflight else f"after its {server.inflight} requests in flight"}
+
+    async def _remove_when_idle(self, key: tuple[str, str], server: Server, file_spec: ServerSpec | None) -> None:
+        deadline = time.monotonic() + self.switch.config.hard_stop_after
+        while server.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if key in self.added:
+            del self.added[key]
+        else:
+            self.removed[key] = file_spec
+        await self._apply()
+        log.info("server %s/%s removed (ctl)", *key)
+
+    async def _apply(self) -> None:
+        await self.switch.apply(self.switch.file_config)
 
     # ---- the file -----------------------------------------------------------------------------------
     async def reload(self, args: list[str]) -> dict[str, Any]:

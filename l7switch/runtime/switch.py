@@ -72,6 +72,7 @@ class Switch:
         self.checker: HealthChecker | None = None
         self.reloader: Reloader | None = None  # set by run() (SIGHUP) when there is a file
         self.admin = Admin(self)  # the operations of ``l7switch ctl`` (runtime/admin.py)
+        self.file_config = config  # the last configuration read from the file (ctl's changes apart)
         self.admin_server: AdminServer | None = None
 
     def _tick_pools(self, now: float) -> None:
@@ -178,6 +179,11 @@ class Switch:
 
     # ---- reload (runtime/reload.py decides when; this applies) ----------------------------------------
     async def apply(self, config: Config) -> dict[str, Any]:
+        """``config`` as read from the file, with what ctl added or removed laid over it."""
+        self.file_config = config
+        return await self._apply(self.admin.overlay(config))
+
+    async def _apply(self, config: Config) -> dict[str, Any]:
         """Make ``config`` current, whole or not at all: new listeners are opened first (one
         that cannot be raises ListenError and nothing changes); then new requests use the new
         rules and pools while those in flight finish on theirs; servers kept (same pool, name

@@ -186,3 +186,45 @@ def test_explain_live_says_whether_a_client_is_limited_now(lt, tmp_path, origin_
     finally:
         for c in held:
             c.close()
+
+
+def test_add_and_remove_servers_at_run_time(lt, tmp_path, origin_factory, switch_factory):
+    """add server: in service at once and kept across a reload of a file that does not name it;
+    remove server: drained, then gone, and kept gone across reloads until the file changes that
+    server."""
+    sw, sock, write, o1, o2 = _switch(tmp_path, origin_factory, switch_factory, lt)
+    o3 = origin_factory("o3")
+    code, out, err = ctl(sock, "add", "server", "web", "o3", f"127.0.0.1:{o3.port}", "--weight", "10",
+                         json_out=True)
+    assert code == 0, err
+    assert json.loads(out)["weight"] == 10
+
+    def names() -> set[str]:
+        return {r["server"] for r in json.loads(ctl(sock, "show", "servers", json_out=True)[1])}
+
+    def reach(n: int = 24) -> dict[str, int]:
+        seen: dict[str, int] = {}
+        for _ in range(n):
+            with Conn(sw.port) as c:  # (new connections from new ports: source persistence is per address,
+                c.send(get("/x"))      # so clear it between requests)
+                name = c.response().header("x-server")
+            seen[name] = seen.get(name, 0) + 1
+            ctl(sock, "clear", "persistence", "web")
+        return seen
+    assert names() == {"o1", "o2", "o3"}
+    assert "o3" in reach(12)
+    assert ctl(sock, "reload")[0] == 0
+    assert names() == {"o1", "o2", "o3"}  # the file does not name o3: the addition stays
+    code, out, err = ctl(sock, "remove", "server", "web/o1", json_out=True)
+    assert code == 0 and json.loads(out)["state"] == "drain", err
+    assert wait_for(lambda: names() == {"o2", "o3"}, 3)
+    assert ctl(sock, "reload")[0] == 0
+    assert names() == {"o2", "o3"}  # removed stays removed
+    write(w2=1, extra_server=f"      - {{address: 127.0.0.1:{o3.port}, name: o3}}\n")
+    assert ctl(sock, "reload")[0] == 0
+    rows = {r["server"]: r for r in json.loads(ctl(sock, "show", "servers", json_out=True)[1])}
+    assert set(rows) == {"o2", "o3"} and rows["o3"]["weight"] == 1  # the file names o3 now: the file wins
+    code, _, err = ctl(sock, "add", "server", "web", "o2", "127.0.0.1:1")
+    assert code == 1 and "taken" in err
+    code, _, err = ctl(sock, "add", "server", "web", "o9", "nohost")
+    assert code == 1 and "address: expected host:port" in err

@@ -118,6 +118,23 @@ class KeyTable:
             d.popitem(last=False)
         return entry
 
+    def carry(self, old: KeyTable, servers: dict[Any, Any]) -> int:
+        """After a reload: ``old``'s entries, their servers translated by ``servers`` (old Server
+        -> new); a key whose servers are all gone is dropped. Returns the keys kept."""
+        for key, (value, used) in old._d.items():
+            if isinstance(value, ServerSet):
+                members = [servers[m] for m in value.members if m in servers]
+                if not members:
+                    continue
+                kept = ServerSet(members[0], value.lastmod)
+                kept.members = members
+                self._d[key] = [kept, used]
+            elif value in servers:
+                self._d[key] = [servers[value], used]
+        while len(self._d) > self.max_entries:
+            self._d.popitem(last=False)
+        return len(self._d)
+
     def live(self, now: float) -> list[Any]:
         """The values of the entries not yet expired (for snapshots; walks the table)."""
         limit = now - self.expiration
@@ -171,6 +188,13 @@ class LocalityScheduler(Scheduler):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(servers, options, clock)
         self.table = KeyTable(self.opts["max_entries"], self.opts["expiration"])
+
+    def inherit(self, old: Scheduler, servers: dict[Server, Server]) -> None:
+        """A reload kept this pool: which server each key was sent to stays (the caches those
+        servers hold are still warm), for the servers kept."""
+        if type(old) is type(self):
+            assert isinstance(old, LocalityScheduler)
+            self.table.carry(old.table, servers)
 
     def overloaded(self, n: Server) -> bool:
         """Whether the remembered (available) server ``n`` should give the key up."""

@@ -153,6 +153,11 @@ class Scheduler:
     def on_end(self, server: Server) -> None:
         """A request to ``server`` finished."""
 
+    def inherit(self, old: Scheduler, servers: dict[Server, Server]) -> None:
+        """After a reload, from the scheduler this one replaces (``servers``: old Server -> new,
+        for the servers kept). Stateless schedulers have nothing to carry; the locality ones
+        carry their key tables."""
+
     def on_up(self, server: Server) -> None:
         """``server`` became available again."""
 
