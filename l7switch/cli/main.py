@@ -98,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     from ..runtime.switch import run  # imported late: check/explain need no event loop
 
-    return run(config)
+    return run(config, args.log_level)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve with a rule file")
     run.add_argument("file", nargs="?", metavar="FILE", help="rule file (YAML)")
     run.add_argument("-c", "--config", metavar="FILE", help="the rule file, as an option (as nginx -c)")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                     help="the event log's threshold (stderr; default info)")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate rule files and report every problem")

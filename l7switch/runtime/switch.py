@@ -350,12 +350,14 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def run(config: Config) -> int:
+def run(config: Config, log_level: str = "info") -> int:
     """Serve until SIGTERM/SIGINT, then stop accepting and finish in-flight requests.
-    Returns the exit status: 0, or 1 when a listener cannot be opened (one line on stderr)."""
+    Returns the exit status: 0, or 1 when a listener cannot be opened (one line on stderr).
+    ``log_level``: the event log's (stderr) threshold: debug, info, warning or error."""
     import uvloop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(message)s")
     raise_fd_limit()
 
     async def main() -> int:
