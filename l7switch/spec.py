@@ -280,3 +280,6 @@ class Config:
     # switch) may go on before their connections are cut: HAProxy's hard-stop-after, which has
     # no default there; 30 s is Kubernetes' default termination grace period.
     hard_stop_after: float = 30.0
+    # Worker processes (runtime/workers.py): 1 serves in one process; 0 is ``auto``: one per CPU
+    # (nginx's worker_processes auto).
+    workers: int = 1

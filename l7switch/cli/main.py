@@ -96,9 +96,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(path)
     if config is None:
         return 1
+    workers = args.workers if args.workers is not None else config.workers
+    if workers != 1:
+        from ..runtime.workers import resolve_workers, run_master
+
+        return run_master(config, resolve_workers(workers), args.log_level)
     from ..runtime.switch import run  # imported late: check/explain need no event loop
 
     return run(config, args.log_level)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import json
+
+    from ..runtime.workers import worker_main
+
+    return worker_main(args.slot, json.loads(args.fds), args.file, args.admin, args.log_level)
+
+
+def _workers_arg(text: str) -> int:
+    if text == "auto":
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"expected 1..256 or auto, got {n}")
+    return n
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -117,7 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", metavar="FILE", help="the rule file, as an option (as nginx -c)")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                      help="the event log's threshold (stderr; default info)")
+    run.add_argument("--workers", type=_workers_arg, default=None, metavar="N|auto",
+                     help="worker processes (default: the file's workers:, else 1)")
     run.set_defaults(func=cmd_run)
+
+    # A worker of a master (runtime/workers.py): started by `run --workers N`, not by people.
+    worker = sub.add_parser("worker")
+    worker.add_argument("file")
+    worker.add_argument("--slot", type=int, required=True)
+    worker.add_argument("--fds", required=True)
+    worker.add_argument("--admin", default="")
+    worker.add_argument("--log-level", default="info")
+    worker.set_defaults(func=cmd_worker)
 
     check = sub.add_parser("check", help="validate rule files and report every problem")
     check.add_argument("files", nargs="+", metavar="FILE")

@@ -32,7 +32,7 @@ from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duratio
                         is_ip, is_null, kind, mapping, nonempty_text, plain_value, record, size)
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice", "log",
-            "admin", "tests", "hard_stop_after")
+            "admin", "tests", "hard_stop_after", "workers")
 POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence", *health.POOL_KEYS)
 SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve", *health.SERVER_KEYS)
 # When a server's host name must resolve: at check time (as HAProxy and nginx refuse to start on
@@ -134,6 +134,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     admin = section("admin", lambda n, i: parse_admin(n, i, filename), AdminSpec())
     tests = section("tests", parse_tests, ())
     hard_stop_after = section("hard_stop_after", lambda n, i: duration(n, "hard_stop_after", i), 30.0)
+    workers = section("workers", _workers, 1)
     if not issues and default_pool:
         # Only a file that is otherwise sound routes anything: its own tests run last.
         run_tests(tests, rule_list, default_pool, list(pools), issues)
@@ -143,7 +144,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         path=filename, listeners=tuple(listen.specs), pools=types.MappingProxyType(pools),
         rules=rule_list, default_pool=default_pool, timeouts=timeouts,
         limits=limits, upstream=upstream, splice=splice, log=log_spec,
-        admin=admin, tests=tests, hard_stop_after=hard_stop_after,
+        admin=admin, tests=tests, hard_stop_after=hard_stop_after, workers=workers,
     )
 
 
@@ -356,6 +357,16 @@ def _limits(node: Node, issues: Issues) -> Limits:
 
 
 _UNLIMITED: Any = object()  # "none" read fine; distinct from None, which means "failed"
+
+
+def _workers(node: Node, issues: Issues) -> int:
+    """``workers: N`` (1..256) or ``auto`` (0: one per CPU)."""
+    if isinstance(node, ScalarNode) and node.value.strip().lower() == "auto":
+        return 0
+    n = integer(node, "workers", issues, minimum=1)
+    if n is not None and n > 256:
+        issues.add(node, f"workers: at most 256, found {n}")
+    return n or 1
 
 
 def _upstream(node: Node, issues: Issues) -> UpstreamSpec:

@@ -23,7 +23,7 @@ import stat
 import time
 import types
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..balance.pool import ServerPool
 from ..balance.servers import DRAIN, MAINT, READY, Server
@@ -329,10 +329,16 @@ class Admin:
         return {"file": path, "ok": True}
 
 
+class Commands(Protocol):
+    """What answers the admin socket: ``Admin`` in a switch, the master with workers."""
+
+    async def run(self, args: list[str]) -> Any: ...
+
+
 class AdminServer:
     """The Unix socket of ``admin.socket``: one command per connection."""
 
-    def __init__(self, admin: Admin, path: str, mode: int) -> None:
+    def __init__(self, admin: Commands, path: str, mode: int) -> None:
         self.admin = admin
         self.path = path
         self.mode = mode

@@ -107,6 +107,19 @@ class Listeners:
         self.all.extend(opened)
         return opened
 
+    async def adopt(self, socks: list[socket.socket], factory: Callable[[], asyncio.Protocol],
+                    tls: dict[str, Any]) -> list[Listener]:
+        """Serve sockets opened elsewhere (a worker's, from the master: already bound and listening)."""
+        opened: list[Listener] = []
+        for sock in socks:
+            sock.setblocking(False)
+            h, p = sock.getsockname()[:2]
+            lst = Listener(sock, factory, tls, f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
+            lst.server = await self._serve(lst)
+            opened.append(lst)
+        self.all.extend(opened)
+        return opened
+
     @staticmethod
     async def _serve(lst: Listener) -> asyncio.Server:
         loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +55,11 @@ class ListenError(Exception):
 
 
 class Switch:
-    def __init__(self, config: Config, tables: Tables | None = None) -> None:
+    def __init__(self, config: Config, tables: Tables | None = None,
+                 inherited: dict[str, list[socket.socket]] | None = None) -> None:
         self.config = config
+        #: Listening sockets opened by a master (runtime/workers.py), by "host:port" as written.
+        self.inherited = inherited or {}
         self.state = SwitchState(config, tables)
         state = self.state
         state.clock.every(SWEEP_INTERVAL, lambda now: state.tables.expire())
@@ -172,6 +176,9 @@ class Switch:
 
     async def _listen(self, lst: ListenerSpec, config: Config | None = None) -> list[Listener]:
         factory, tls = self._factory(lst, config or self.config)
+        socks = self.inherited.get(f"{lst.host}:{lst.port}")
+        if socks is not None:
+            return await self.accept.adopt(socks, factory, tls)
         try:
             return await self.accept.open(lst.host, lst.port, factory, tls)
         except OSError as exc:
@@ -350,19 +357,23 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def run(config: Config, log_level: str = "info") -> int:
+def run(config: Config, log_level: str = "info", inherited: dict[str, list[socket.socket]] | None = None,
+        worker: int | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then stop accepting and finish in-flight requests.
     Returns the exit status: 0, or 1 when a listener cannot be opened (one line on stderr).
-    ``log_level``: the event log's (stderr) threshold: debug, info, warning or error."""
+    ``log_level``: the event log's (stderr) threshold: debug, info, warning or error.
+    ``inherited``/``worker``: a worker of runtime/workers.py, on its master's sockets."""
     import uvloop
 
+    tag = f"w{worker} " if worker is not None else ""
     logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(message)s")
+                        format=f"%(asctime)s %(levelname)s {tag}%(message)s")
     raise_fd_limit()
 
     async def main() -> int:
-        switch = Switch(config)
-        switch.default_admin = default_socket()
+        switch = Switch(config, inherited=inherited)
+        if worker is None:
+            switch.default_admin = default_socket()
         try:
             await switch.start()
         except ListenError as exc:
