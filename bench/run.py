@@ -32,6 +32,8 @@ ALL_PROXIES = ("direct", "haproxy", "nginx", "l7switch")
 BASELINE = "l7switch@base"  # --baseline DIR: another l7switch source tree, measured in the same run
 BASELINE_DIR: Path | None = None
 LOGGED = "l7switch+log"  # --access-log FORMAT: l7switch with its access log to a file, same run
+#: --workers N: l7switch with ``workers: N`` and HAProxy with ``nbthread N``, beside the one-process ones
+STEERING = "address"  # --worker-steering
 ACCESS_FORMAT = "combined"
 SCHEDULER = "rr"  # the l7switch pool's scheduler (--scheduler)
 PERSISTENCE = "none"  # the l7switch pool's persistence (--persistence)
@@ -57,15 +59,15 @@ class Row:
 # --------------------------------------------------------------------------- proxy configs
 
 
-def haproxy_cfg(tmp: Path, port: int, origin: int) -> Path:
+def haproxy_cfg(tmp: Path, port: int, origin: int, threads: int = 1) -> Path:
     # No `log` lines at all = no logging. Single thread to match nginx's 1 worker
-    # and l7switch's single event loop.
-    cfg = tmp / "haproxy.cfg"
+    # and l7switch's single event loop (--workers N adds an N-thread one).
+    cfg = tmp / ("haproxy.cfg" if threads == 1 else f"haproxy-x{threads}.cfg")
     cfg.write_text(f"""global
-  nbthread 1
+  nbthread {threads}
   # Far more than -c needs; keeps HAProxy's fd needs (2*maxconn) below the hard limit.
   maxconn 4096
-  pidfile {tmp}/haproxy.pid
+  pidfile {tmp}/haproxy-x{threads}.pid
 
 defaults
   mode http
@@ -122,8 +124,9 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     if name == "direct":
         return origin, None, None
     port = bl.free_port()
-    if name == "haproxy":
-        cmd = [tools["haproxy"], "-f", str(haproxy_cfg(tmp, port, origin)), "-db"]
+    if name.startswith("haproxy"):
+        threads = int(name.rpartition("-x")[2]) if "-x" in name else 1
+        cmd = [tools["haproxy"], "-f", str(haproxy_cfg(tmp, port, origin, threads)), "-db"]
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
@@ -132,6 +135,9 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
         if name == LOGGED:
             with cfg.open("a") as f:
                 f.write(f"log: {{access: {tmp / 'access.log'}, format: {ACCESS_FORMAT}}}\n")
+        if name.startswith("l7switch-x"):
+            with cfg.open("a") as f:
+                f.write(f"workers: {name.rpartition('-x')[2]}\nadmin: off\nworker_steering: {STEERING}\n")
         cmd = bl.l7switch_cmd(cfg)
     env = None
     if name == BASELINE:
@@ -327,10 +333,15 @@ def main() -> int:
     ap.add_argument("--access-log", choices=("combined", "json"), metavar="FORMAT",
                     help="also measure l7switch with its access log to a file (combined or json), "
                          f"as '{LOGGED}', in the same run")
+    ap.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="also measure l7switch with workers: N and HAProxy with nbthread N "
+                         "(as l7switch-xN, haproxy-xN), in the same run")
+    ap.add_argument("--worker-steering", choices=("address", "connection"), default="address",
+                    help="with --workers: l7switch's worker_steering (wrk comes from one address)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs/logs temp dir for inspection")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output")
     args = ap.parse_args()
-    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS, BASELINE_DIR, ACCESS_FORMAT
+    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS, BASELINE_DIR, ACCESS_FORMAT, STEERING
     SCHEDULER = args.scheduler
     PERSISTENCE = args.persistence
 
@@ -344,6 +355,12 @@ def main() -> int:
             ap.error(f"--baseline {args.baseline}: no l7switch package there")
         BASELINE_DIR = args.baseline.resolve()
         proxies.insert(proxies.index("l7switch") if "l7switch" in proxies else len(proxies), BASELINE)
+    STEERING = args.worker_steering
+    if args.workers > 1:
+        if "haproxy" in proxies:
+            proxies.insert(proxies.index("haproxy") + 1, f"haproxy-x{args.workers}")
+        if "l7switch" in proxies:
+            proxies.insert(proxies.index("l7switch") + 1, f"l7switch-x{args.workers}")
     if args.access_log:
         ACCESS_FORMAT = args.access_log
         proxies.insert(proxies.index("l7switch") + 1 if "l7switch" in proxies else len(proxies), LOGGED)

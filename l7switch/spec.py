@@ -283,3 +283,8 @@ class Config:
     # Worker processes (runtime/workers.py): 1 serves in one process; 0 is ``auto``: one per CPU
     # (nginx's worker_processes auto).
     workers: int = 1
+    # How connections are spread over workers: "address" (the client's address picks the
+    # worker: persistence and per-client state hold without sharing) or "connection" (the
+    # kernel's hash of the whole 4-tuple: few client addresses still use every worker, but a
+    # client's connections may meet different workers' tables).
+    worker_steering: str = "address"

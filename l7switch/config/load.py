@@ -32,7 +32,7 @@ from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duratio
                         is_ip, is_null, kind, mapping, nonempty_text, plain_value, record, size)
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice", "log",
-            "admin", "tests", "hard_stop_after", "workers")
+            "admin", "tests", "hard_stop_after", "workers", "worker_steering")
 POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence", *health.POOL_KEYS)
 SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve", *health.SERVER_KEYS)
 # When a server's host name must resolve: at check time (as HAProxy and nginx refuse to start on
@@ -135,6 +135,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     tests = section("tests", parse_tests, ())
     hard_stop_after = section("hard_stop_after", lambda n, i: duration(n, "hard_stop_after", i), 30.0)
     workers = section("workers", _workers, 1)
+    steering = section("worker_steering", _steering, "address")
     if not issues and default_pool:
         # Only a file that is otherwise sound routes anything: its own tests run last.
         run_tests(tests, rule_list, default_pool, list(pools), issues)
@@ -145,6 +146,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         rules=rule_list, default_pool=default_pool, timeouts=timeouts,
         limits=limits, upstream=upstream, splice=splice, log=log_spec,
         admin=admin, tests=tests, hard_stop_after=hard_stop_after, workers=workers,
+        worker_steering=steering,
     )
 
 
@@ -367,6 +369,14 @@ def _workers(node: Node, issues: Issues) -> int:
     if n is not None and n > 256:
         issues.add(node, f"workers: at most 256, found {n}")
     return n or 1
+
+
+def _steering(node: Node, issues: Issues) -> str:
+    value = (nonempty_text(node, "worker_steering", issues, "address or connection") or "").strip().lower()
+    if value and value not in ("address", "connection"):
+        issues.add(node, f"worker_steering: expected address or connection, found {value!r}"
+                   f"{did_you_mean(value, ('address', 'connection'))}")
+    return value or "address"
 
 
 def _upstream(node: Node, issues: Issues) -> UpstreamSpec:

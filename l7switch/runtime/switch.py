@@ -187,8 +187,9 @@ class Switch:
     # ---- reload (runtime/reload.py decides when; this applies) ----------------------------------------
     async def apply(self, config: Config) -> dict[str, Any]:
         """``config`` as read from the file, with what ctl added or removed laid over it."""
-        self.file_config = config
-        return await self._apply(self.admin.overlay(config))
+        changes = await self._apply(self.admin.overlay(config))
+        self.file_config = config  # (only once applied: ctl's next change starts from it)
+        return changes
 
     async def _apply(self, config: Config) -> dict[str, Any]:
         """Make ``config`` current, whole or not at all: new listeners are opened first (one

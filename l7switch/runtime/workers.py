@@ -88,7 +88,8 @@ def open_slots(config: Config, slots: int) -> dict[str, list[socket.socket]]:
                 s.bind(addr if not group[:-1] else group[0].getsockname())
                 s.listen(4096)
                 s.set_inheritable(True)
-            attach_steering(group[0], slots)
+            if config.worker_steering == "address":
+                attach_steering(group[0], slots)
     except BaseException:
         for group in out.values():
             for s in group:

@@ -38,3 +38,15 @@ def test_hard_stop_after_and_request_id_header() -> None:
         parse_config(head + "hard_stop_after: soon\nlog: {request_id_header: 'X Id'}\n", "f.yaml")
     text = "\n".join(str(i) for i in exc.value.issues)
     assert "f.yaml:4:18: hard_stop_after:" in text and "'X Id' is not a header name" in text
+
+
+def test_workers_keys() -> None:
+    head = "listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:1]}}\ndefault_pool: p\n"
+    assert parse_config(head).workers == 1 and parse_config(head).worker_steering == "address"
+    cfg = parse_config(head + "workers: auto\nworker_steering: connection\n")
+    assert cfg.workers == 0 and cfg.worker_steering == "connection"
+    with pytest.raises(ConfigError) as exc:
+        parse_config(head + "workers: 0\nworker_steering: adress\n", "f.yaml")
+    text = "\n".join(str(i) for i in exc.value.issues)
+    assert "f.yaml:4:10: workers: expected an integer >= 1" in text
+    assert "worker_steering: expected address or connection, found 'adress'; did you mean 'address'?" in text

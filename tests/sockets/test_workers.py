@@ -186,3 +186,13 @@ def test_steering_program_and_merge() -> None:
     merged = merge([[{"pool": "p", "server": "a", "total": 2, "inflight": 1, "state": "up"}],
                     [{"pool": "p", "server": "a", "total": 3, "inflight": 0, "state": "up"}]])
     assert merged == [{"pool": "p", "server": "a", "total": 5, "inflight": 1, "state": "up"}]
+
+
+def test_connection_steering_spreads_one_address_over_the_workers(master):
+    """worker_steering: connection — the kernel's 4-tuple hash: one client address (a load
+    balancer in front, or a benchmark) still uses every worker."""
+    p, port, sock, *_ = master(extra="worker_steering: connection\n")
+    for _ in range(40):
+        _get(port)
+    per_worker = [sum(r["total"] for r in ctl(Path(f"{sock}.w{w}"), "show", "servers")) for w in (0, 1)]
+    assert all(n > 0 for n in per_worker) and sum(per_worker) >= 40, per_worker
