@@ -25,7 +25,9 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ..balance.health import AgentReply, CheckResult
 from ..balance.pool import ServerPool
+from ..checks.checker import pool_deliver
 from ..balance.servers import DRAIN, MAINT, READY, Server
 from ..config import load_config
 from ..errors import ConfigError
@@ -74,7 +76,7 @@ class Admin:
             "set weight": self.set_weight, "drain": self.drain, "disable": self.disable,
             "enable": self.enable, "reload": self.reload, "check": self.check,
             "show client": self.show_client, "add server": self.add_server,
-            "remove server": self.remove_server,
+            "remove server": self.remove_server, "internal checks": self.internal_checks,
         }
         #: Servers added and removed at run time, by (pool, name): laid over every configuration
         #: read from the file (a reload keeps them), unless the file changed that server.
@@ -226,6 +228,18 @@ class Admin:
 
     async def enable(self, args: list[str]) -> dict[str, Any]:
         return await self._admin(args, READY, "enabled by ctl")
+
+    async def internal_checks(self, args: list[str]) -> dict[str, int]:
+        """A worker's side of the master's health checks (runtime/workers.py): its batch of
+        probe results, counted into this worker's pools as if probed here."""
+        if len(args) != 1:
+            raise AdminError("expected: internal checks JSON")
+        deliver = pool_deliver(lambda: self.switch.state.current.pools)
+        n = 0
+        for pool, server, kind, reply, result in json.loads(args[0]):
+            deliver(pool, server, kind, AgentReply(**reply) if reply is not None else None, CheckResult(**result))
+            n += 1
+        return {"delivered": n}
 
     # ---- servers added and removed at run time ------------------------------------------------------
     def overlay(self, config: Config) -> Config:
@@ -381,7 +395,7 @@ class AdminServer:
             else:
                 try:
                     reply = {"ok": True, "result": await self.admin.run(args)}
-                    if args[:1] != ["show"]:
+                    if args[:1] not in (["show"], ["internal"]):
                         log.info("ctl: %s", " ".join(args))
                 except AdminError as exc:
                     reply = {"ok": False, "error": str(exc)}

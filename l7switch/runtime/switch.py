@@ -75,6 +75,8 @@ class Switch:
         # swaps pools under running checks.
         self.checker: HealthChecker | None = None
         self.reloader: Reloader | None = None  # set by run() (SIGHUP) when there is a file
+        #: A worker: its master probes the servers and sends the results (runtime/workers.py).
+        self.checks_elsewhere = False
         self.admin = Admin(self)  # the operations of ``l7switch ctl`` (runtime/admin.py)
         self.file_config = config  # the last configuration read from the file (ctl's changes apart)
         self.admin_server: AdminServer | None = None
@@ -125,7 +127,7 @@ class Switch:
         self.state.accept = self.accept
         self.state.clock.start()
         self.state.current.defer_builds(self.defer_build)
-        if needs_checker(self.config.pools):
+        if needs_checker(self.config.pools) and not self.checks_elsewhere:
             self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
             self.checker.start(self.config.pools)
 
@@ -236,7 +238,7 @@ class Switch:
         if self.checker is not None:
             await self.checker.stop()
             self.checker = None
-        if needs_checker(config.pools):
+        if needs_checker(config.pools) and not self.checks_elsewhere:
             self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
             self.checker.start(config.pools)
         asyncio.get_running_loop().call_later(config.hard_stop_after, self._cut, old)
@@ -375,6 +377,8 @@ def run(config: Config, log_level: str = "info", inherited: dict[str, list[socke
         switch = Switch(config, inherited=inherited)
         if worker is None:
             switch.default_admin = default_socket()
+        else:
+            switch.checks_elsewhere = bool(config.admin.socket)  # (no socket: it probes itself)
         try:
             await switch.start()
         except ListenError as exc:

@@ -18,13 +18,17 @@ every worker reload it; a worker whose master is gone gets SIGTERM from the kern
 its own; other commands go to every worker's socket (the admin path + ``.w<slot>``) and their
 answers are merged (counters summed), so ``ctl`` sees one switch.
 
-Not yet: health checks run in each worker (N probes per server and interval, not one).
+Health checks are the master's too: it probes each server once (not once per worker) and sends
+every result, batched, to each worker's socket (``internal checks``); each worker counts them
+into its pools as if it had probed (ServerPool.check_result takes values), so all workers agree
+on what is up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -36,6 +40,8 @@ import sys
 import time
 from typing import Any
 
+from ..balance.health import AgentReply, CheckResult
+from ..checks.checker import HealthChecker, needs_checker
 from ..config import load_config
 from ..errors import ConfigError
 from ..spec import Config
@@ -45,6 +51,7 @@ log = logging.getLogger("l7switch")
 
 SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
 RESTART_DELAY = 0.2  # seconds before a dead worker's replacement starts (well within 1 s)
+RESULTS_BATCH = 0.05  # seconds check results gather before going to the workers in one message
 PR_SET_PDEATHSIG = 1
 
 # Classic BPF (linux/filter.h): load a word from the network header, modulo N, return it.
@@ -114,6 +121,9 @@ class Master:
         self.reloads = 0
         self.reloads_refused = 0
         self.admin_path = ""
+        self.checker: HealthChecker | None = None
+        self.results: list[list[Any]] = []  # check results not yet sent to the workers
+        self.flushing = False
 
     # ---- workers ----------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
@@ -157,6 +167,32 @@ class Master:
             if proc is not None and proc.poll() is None:
                 proc.kill()
 
+    # ---- health checks ----------------------------------------------------------------------------
+    def start_checks(self) -> None:
+        if needs_checker(self.config.pools):
+            self.checker = HealthChecker(self.collect)
+            self.checker.start(self.config.pools)
+
+    async def stop_checks(self) -> None:
+        if self.checker is not None:
+            await self.checker.stop()
+            self.checker = None
+
+    def collect(self, pool: str, server: str, kind: str, reply: AgentReply | None, result: CheckResult) -> None:
+        """A probe's result (checks/checker.Deliver): to every worker, within a loop turn or two."""
+        self.results.append([pool, server, kind, dataclasses.asdict(reply) if reply is not None else None,
+                             dataclasses.asdict(result)])
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().call_later(RESULTS_BATCH, lambda: asyncio.ensure_future(self.flush()))
+
+    async def flush(self) -> None:
+        batch, self.results = self.results, []
+        self.flushing = False
+        if batch and self.admin_path:
+            line = json.dumps(batch)
+            await asyncio.gather(*(self._ask(slot, ["internal", "checks", line]) for slot in range(self.slots)))
+
     # ---- reload -----------------------------------------------------------------------------------
     async def reload(self) -> dict[str, Any]:
         """Check the file here first; every worker reloads it only if it is sound."""
@@ -174,6 +210,8 @@ class Master:
             log.error("%s", msg)
             raise AdminError(msg)
         self.config = config
+        await self.stop_checks()
+        self.start_checks()
         self.signal_workers(signal.SIGHUP)
         self.reloads += 1
         self.loaded_at = time.time()
@@ -289,6 +327,7 @@ def run_master(config: Config, slots: int, log_level: str = "info") -> int:
                 master.admin_path, server = "", None
         for slot in range(slots):
             master.spawn(slot)
+        master.start_checks()
         addresses = [g[0].getsockname()[:2] for g in master.sockets.values()]
         for host, port in addresses:
             log.info("l7switch listening on %s:%d with %d workers (%s)", host, port, slots, config.path)
@@ -300,6 +339,7 @@ def run_master(config: Config, slots: int, log_level: str = "info") -> int:
         supervisor = loop.create_task(master.supervise())
         await stop.wait()
         log.info("stopping: the workers finish their requests")
+        await master.stop_checks()
         await master.stop()
         supervisor.cancel()
         if server is not None:
@@ -343,3 +383,4 @@ def worker_main(slot: int, fds: dict[str, int], path: str, admin: str, log_level
     config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, socket=admin))
     inherited = {key: [socket.socket(fileno=fd)] for key, fd in fds.items()}
     return run(config, log_level, inherited=inherited, worker=slot)
+

@@ -196,3 +196,38 @@ def test_connection_steering_spreads_one_address_over_the_workers(master):
         _get(port)
     per_worker = [sum(r["total"] for r in ctl(Path(f"{sock}.w{w}"), "show", "servers")) for w in (0, 1)]
     assert all(n > 0 for n in per_worker) and sum(per_worker) >= 40, per_worker
+
+
+def test_checks_run_once_in_the_master_and_every_worker_agrees(tmp_path, origin_factory, free_port):
+    """One probe per server and interval whatever the number of workers (the master probes and
+    sends the results); a dead server is down in every worker."""
+    alive = origin_factory("alive")
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens there: checks are refused
+    sock = tmp_path / "admin.sock"
+    rules = tmp_path / "site.yaml"
+    rules.write_text(f"listen: [{{address: 127.0.0.1:{free_port}}}]\npools:\n  web:\n"
+                     f"    health: {{interval: 200ms, timeout: 100ms, rise: 1, fall: 1, http: {{path: /health}}}}\n"
+                     f"    servers:\n      - {{address: 127.0.0.1:{alive.port}, name: alive}}\n"
+                     f"      - {{address: 127.0.0.1:{dead_port}, name: dead}}\n"
+                     f"default_pool: web\nadmin: {{socket: {sock}}}\nworkers: 3\n")
+    p = subprocess.Popen([sys.executable, "-m", "l7switch", "run", str(rules)], cwd=ROOT, env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def states(w: int) -> dict[str, str]:
+            return {r["server"]: r["state"] for r in ctl(Path(f"{sock}.w{w}"), "show", "servers")}
+        assert wait_for(lambda: all(os.path.exists(f"{sock}.w{w}") for w in range(3)), 15, step=0.1)
+        assert wait_for(lambda: all(states(w) == {"alive": "up", "dead": "down"} for w in range(3)), 10, step=0.1)
+        before, t0 = alive.requests, time.monotonic()
+        time.sleep(1.0)
+        probes = (alive.requests - before) / (time.monotonic() - t0) * 0.2  # per interval
+        assert 0.5 <= probes <= 1.6, probes  # one prober, not three
+        assert all(_get(free_port, f"127.0.0.{i}") == "alive" for i in range(2, 8))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
