@@ -18,6 +18,7 @@ import pytest
 from kit import wait_for
 
 from l7switch.runtime.workers import merge, steering_program
+from test_passthrough import tls_origin  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,6 +226,37 @@ def test_checks_run_once_in_the_master_and_every_worker_agrees(tmp_path, origin_
         probes = (alive.requests - before) / (time.monotonic() - t0) * 0.2  # per interval
         assert 0.5 <= probes <= 1.6, probes  # one prober, not three
         assert all(_get(free_port, f"127.0.0.{i}") == "alive" for i in range(2, 8))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def test_ssl_session_resumption_returns_to_the_issuing_server_with_workers(tmp_path, tls_origin, free_port):  # noqa: F811
+    """tls-passthrough with ssl_session persistence and 2 workers: a resumed session goes back
+    to the server that issued it (its client's connections reach one worker, whose table has it)."""
+    from test_passthrough import client_context, fetch, passthrough_yaml
+
+    a, b = tls_origin("a", tls12_no_tickets=True), tls_origin("b", tls12_no_tickets=True)
+    sock = tmp_path / "admin.sock"
+    rules = tmp_path / "pt.yaml"
+    rules.write_text(passthrough_yaml({"p": [a.port, b.port]}, default_pool="p",
+                                      pool_extra={"p": "persistence: {ssl_session: {timeout: 300s}}"},
+                                      extra=f"admin: {{socket: {sock}}}\nworkers: 2\n")
+                     .replace("127.0.0.1:0", f"127.0.0.1:{free_port}"))
+    p = subprocess.Popen([sys.executable, "-m", "l7switch", "run", str(rules)], cwd=ROOT, env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: all(os.path.exists(f"{sock}.w{w}") for w in range(2)), 15, step=0.1), \
+            p.stderr.read() if p.poll() is not None else ""
+        ctx = client_context()
+        first, session, reused = fetch(free_port, "api.example.test", ctx=ctx)
+        assert not reused and session is not None
+        for _ in range(6):  # round robin alone would alternate
+            again, _, reused = fetch(free_port, "api.example.test", session, ctx)
+            assert again == first and reused
     finally:
         p.send_signal(signal.SIGTERM)
         try:
