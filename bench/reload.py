@@ -32,14 +32,17 @@ from pathlib import Path
 import benchlib as bl
 
 PROXIES = ("l7switch", "haproxy", "haproxy-icor")
+WORKERS = 1  # --l7-workers: l7switch's workers: N (its master takes the SIGHUP)
 
 
 def l7_file(port: int, o1: int, o2: int, variant: str) -> str:
+    workers = f"workers: {WORKERS}\nadmin: off\n" if WORKERS != 1 else ""
     if variant == "broken":
-        return f"listen: [{{address: 127.0.0.1:{port}}}]\npools:\n  a: {{servers: [127.0.0.1:{o1}]}}\ndefault_pool: nope\n"
+        return (f"listen: [{{address: 127.0.0.1:{port}}}]\npools:\n  a: {{servers: [127.0.0.1:{o1}]}}\n"
+                f"default_pool: nope\n{workers}")
     rules = ("rules:\n  - {name: small, match: {path_prefix: /100b}, pool: b}\n" if variant == "B" else "")
     return (f"listen: [{{address: 127.0.0.1:{port}}}]\npools:\n  a: {{servers: [127.0.0.1:{o1}]}}\n"
-            f"  b: {{servers: [127.0.0.1:{o2}]}}\n{rules}default_pool: a\n")
+            f"  b: {{servers: [127.0.0.1:{o2}]}}\n{rules}default_pool: a\n{workers}")
 
 
 def haproxy_file(port: int, o1: int, o2: int, variant: str, icor: bool) -> str:
@@ -139,7 +142,7 @@ def one(name: str, args: argparse.Namespace, tools: dict[str, str], procs: bl.Pr
     procs.stop(name)
     res: dict[str, object] = {"proxy": name, **parse_wrk(wrk_out[0] if wrk_out else ""), "serving_after_broken": alive}
     if name == "l7switch":  # what its event log says (HAProxy's master logs its reloads differently)
-        res["reloaded"] = text.count(" reloaded ")
+        res["reloaded"] = text.count(" reloaded ") if WORKERS == 1 else text.count("the %d workers reload it" % WORKERS)
         res["refused"] = text.count("reload refused: ")
     print(f"#   {res}", file=sys.stderr)
     return res
@@ -150,8 +153,11 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--reloads", type=int, default=20)
     ap.add_argument("--proxies", default=",".join(PROXIES))
+    ap.add_argument("--l7-workers", type=int, default=1, help="l7switch's workers: N (default 1)")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args()
+    global WORKERS
+    WORKERS = args.l7_workers
     tools = bl.ensure_tools()
     bl.raise_nofile()
     bl.install_sigterm_handler()
