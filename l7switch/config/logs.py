@@ -67,13 +67,30 @@ READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"access": _access, "fo
                                                           "request_id_header": _id_header}
 
 
-def parse_log(node: Node, issues: Issues, filename: str) -> LogSpec:
+def _fields(node: Node, section: str, readers: dict[str, Callable[[Node, str, Issues], Any]],
+            issues: Issues) -> dict[str, Any] | None:
+    """A section's mapping read field by field; None for ``off`` or after reporting a mistake."""
     if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF:
-        return LogSpec()
-    m = mapping(node, "log", issues, READERS)
+        return None
+    m = mapping(node, section, issues, readers)
     if m is None:
-        return LogSpec()
-    values = read_fields(m, READERS, "log", issues)
+        return None
+    values = read_fields(m, readers, section, issues)
+    if values is not None:
+        values["_nodes"] = m
+    return values
+
+
+def _file(value: str, section: str, key: str, values: dict[str, Any], filename: str, issues: Issues) -> str:
+    """A file path relative to the rule file's directory, whose directory must exist."""
+    path = os.path.join(_base_dir(filename), value)
+    if not os.path.isdir(os.path.dirname(path)):
+        issues.add(values["_nodes"][key][1], f"{section}.{key}: directory {os.path.dirname(path)!r} does not exist")
+    return path
+
+
+def parse_log(node: Node, issues: Issues, filename: str) -> LogSpec:
+    values = _fields(node, "log", READERS, issues)
     if values is None:
         return LogSpec()
     access = values.get("access")
@@ -81,10 +98,9 @@ def parse_log(node: Node, issues: Issues, filename: str) -> LogSpec:
         if not access or access.lower() in _OFF:
             access = None
         elif access not in STREAMS:
-            access = os.path.join(_base_dir(filename), access)
-            if not os.path.isdir(os.path.dirname(access)):
-                issues.add(m["access"][1], f"log.access: directory {os.path.dirname(access)!r} does not exist")
+            access = _file(access, "log", "access", values, filename, issues)
     values["access"] = access
+    del values["_nodes"]
     return LogSpec(**values)
 
 
@@ -108,10 +124,7 @@ ADMIN_READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"socket": _acces
 def parse_admin(node: Node, issues: Issues, filename: str) -> AdminSpec:
     if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF:
         return AdminSpec(socket="")
-    m = mapping(node, "admin", issues, ADMIN_READERS)
-    if m is None:
-        return AdminSpec()
-    values = read_fields(m, ADMIN_READERS, "admin", issues)
+    values = _fields(node, "admin", ADMIN_READERS, issues)
     if values is None:
         return AdminSpec()
     sock = values.get("socket")
@@ -119,8 +132,7 @@ def parse_admin(node: Node, issues: Issues, filename: str) -> AdminSpec:
         if sock.lower() in _OFF:
             sock = ""
         elif sock:
-            sock = os.path.join(_base_dir(filename), sock)
-            if not os.path.isdir(os.path.dirname(sock)):
-                issues.add(m["socket"][1], f"admin.socket: directory {os.path.dirname(sock)!r} does not exist")
+            sock = _file(sock, "admin", "socket", values, filename, issues)
         values["socket"] = sock
+    del values["_nodes"]
     return AdminSpec(**values)

@@ -3,8 +3,9 @@ drain -> exit.
 
 ``Switch`` owns the listeners and the ``SwitchState`` every connection shares (proxy/state.py:
 the current generation of rules and pools, the deadline clock, the client connections, the
-persistence tables). Later pieces land beside it: reload.py (a new generation), workers.py (the
-master/worker model).
+persistence tables). Beside it: reload.py decides when to apply a new file (``Switch.apply``
+makes it current), admin.py is ``l7switch ctl``'s side, and workers.py runs several of these
+under one master.
 """
 
 from __future__ import annotations

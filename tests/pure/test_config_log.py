@@ -50,3 +50,17 @@ def test_workers_keys() -> None:
     text = "\n".join(str(i) for i in exc.value.issues)
     assert "f.yaml:4:10: workers: expected an integer >= 1" in text
     assert "worker_steering: expected address or connection, found 'adress'; did you mean 'address'?" in text
+
+
+def test_admin_section() -> None:
+    head = "listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:1]}}\ndefault_pool: p\n"
+    assert parse_config(head).admin.socket is None  # run's default path
+    assert parse_config(head + "admin: off\n").admin.socket == ""
+    cfg = parse_config(head + "admin: {socket: /tmp/x.sock, mode: '0660'}\n")
+    assert cfg.admin.socket == "/tmp/x.sock" and cfg.admin.mode == 0o660
+    for text, expected in (("admin: {socket: /nonexistent-dir/a.sock}\n",
+                            "f.yaml:4:17: admin.socket: directory '/nonexistent-dir' does not exist"),
+                           ("admin: {mode: '999'}\n", "f.yaml:4:15: admin.mode: expected a file mode in octal")):
+        with pytest.raises(ConfigError) as exc:
+            parse_config(head + text, "f.yaml")
+        assert expected in "\n".join(str(i) for i in exc.value.issues)

@@ -52,6 +52,20 @@ def ctl(sock: Path, *words: str) -> dict | list:
     return json.loads(p.stdout)
 
 
+def _spawn(rules: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "l7switch", "run", str(rules)], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
 @pytest.fixture
 def master(tmp_path, origin_factory, free_port):
     """``master(extra="")`` -> (process, port, admin socket, rule file, origins)."""
@@ -65,8 +79,7 @@ def master(tmp_path, origin_factory, free_port):
         rules.write_text(f"listen: [{{address: 127.0.0.1:{free_port}}}]\npools:\n  web:\n    servers:\n{servers}"
                          f"    persistence: {{source: {{timeout: 60s}}}}\ndefault_pool: web\n"
                          f"admin: {{socket: {sock}}}\nworkers: {workers}\nhard_stop_after: 2s\n{extra}")
-        p = subprocess.Popen([sys.executable, "-m", "l7switch", "run", str(rules)], cwd=ROOT, env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = _spawn(rules)
         started.append(p)
 
         def ready() -> bool:
@@ -214,8 +227,7 @@ def test_checks_run_once_in_the_master_and_every_worker_agrees(tmp_path, origin_
                      f"    servers:\n      - {{address: 127.0.0.1:{alive.port}, name: alive}}\n"
                      f"      - {{address: 127.0.0.1:{dead_port}, name: dead}}\n"
                      f"default_pool: web\nadmin: {{socket: {sock}}}\nworkers: 3\n")
-    p = subprocess.Popen([sys.executable, "-m", "l7switch", "run", str(rules)], cwd=ROOT, env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = _spawn(rules)
     try:
         def states(w: int) -> dict[str, str]:
             return {r["server"]: r["state"] for r in ctl(Path(f"{sock}.w{w}"), "show", "servers")}
@@ -227,11 +239,7 @@ def test_checks_run_once_in_the_master_and_every_worker_agrees(tmp_path, origin_
         assert 0.5 <= probes <= 1.6, probes  # one prober, not three
         assert all(_get(free_port, f"127.0.0.{i}") == "alive" for i in range(2, 8))
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        _stop(p)
 
 
 def test_ssl_session_resumption_returns_to_the_issuing_server_with_workers(tmp_path, tls_origin, free_port):  # noqa: F811
@@ -246,8 +254,7 @@ def test_ssl_session_resumption_returns_to_the_issuing_server_with_workers(tmp_p
                                       pool_extra={"p": "persistence: {ssl_session: {timeout: 300s}}"},
                                       extra=f"admin: {{socket: {sock}}}\nworkers: 2\n")
                      .replace("127.0.0.1:0", f"127.0.0.1:{free_port}"))
-    p = subprocess.Popen([sys.executable, "-m", "l7switch", "run", str(rules)], cwd=ROOT, env=_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = _spawn(rules)
     try:
         assert wait_for(lambda: all(os.path.exists(f"{sock}.w{w}") for w in range(2)), 15, step=0.1), \
             p.stderr.read() if p.poll() is not None else ""
@@ -258,8 +265,4 @@ def test_ssl_session_resumption_returns_to_the_issuing_server_with_workers(tmp_p
             again, _, reused = fetch(free_port, "api.example.test", session, ctx)
             assert again == first and reused
     finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        _stop(p)
