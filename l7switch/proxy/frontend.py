@@ -63,6 +63,12 @@ class _NoCallbacks:
 CLOSED_PARSER = httptools.HttpRequestParser(_NoCallbacks())
 
 
+#: How long a graceful stop leaves an idle (or not yet spoken) connection open for a request that
+#: may already be on its way; a client that sends nothing meanwhile is closed. Our choice: a few
+#: round trips on any network a switch fronts.
+SHUTDOWN_GRACE = 0.25
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
@@ -584,12 +590,21 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def shutdown(self) -> None:
-        """Graceful stop: close when idle (or nothing came since accept), else after the
-        current response."""
+        """Graceful stop: close after the current response, or — idle, or nothing came since
+        accept — after SHUTDOWN_GRACE if still so: a request already on its way (a keep-alive
+        client's next one, or the first of a connection accepted just before the stop) is then
+        answered, with Connection: close, instead of meeting a closed socket."""
         self.closing_after = True
-        if self.exchange is None and (self.state == IDLE or (self.state == HEAD and not self.requests
-                                                             and not self.head_fed)):
-            self.close()
+        if self._idle_at_stop():
+            loop = self.switch.loop
+            if loop is None:
+                self.close()
+            else:
+                loop.call_later(SHUTDOWN_GRACE, lambda: self.close() if self._idle_at_stop() else None)
+
+    def _idle_at_stop(self) -> bool:
+        return self.exchange is None and (self.state == IDLE or (self.state == HEAD and not self.requests
+                                                                 and not self.head_fed and self.held is None))
 
     def writelines(self, data: list[bytes]) -> None:
         t = self.transport

@@ -289,6 +289,10 @@ class Switch:
         if self.checker is not None:
             await self.checker.stop()
         self._closed_servers = self.accept.close()
+        # A connection accepted in the loop turn that closed the listeners has its
+        # connection_made still to come: let it run, so the connection is counted and answered
+        # rather than closed unread with the loop (a worker replaced by a reload met this).
+        await asyncio.sleep(0.01)
         for client in list(state.clients):
             client.shutdown()
         deadline = time.monotonic() + grace

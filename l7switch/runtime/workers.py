@@ -13,7 +13,8 @@ free to take a networked store for several hosts later).
 Supervision: a worker that exits without being asked is logged and started again within a
 second; SIGTERM to the master stops the workers (each finishes its requests, up to
 ``hard_stop_after``) and exits 0; SIGHUP (or ``ctl reload``) has the master check the file, then
-every worker reload it; a worker whose master is gone gets SIGTERM from the kernel
+every worker reload it (a file that adds or removes listeners gets new workers on the new set of
+sockets instead, the old ones finishing their requests); a worker whose master is gone gets SIGTERM from the kernel
 (PR_SET_PDEATHSIG) and stops. The admin socket is the master's: ``show info`` and ``reload`` are
 its own; other commands go to every worker's socket (the admin path + ``.w<slot>``) and their
 answers are merged (counters summed), so ``ctl`` sees one switch.
@@ -74,12 +75,15 @@ def attach_steering(sock: socket.socket, slots: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
-def open_slots(config: Config, slots: int) -> dict[str, list[socket.socket]]:
-    """For every listener, ``slots`` SO_REUSEPORT sockets on its address (port 0: the port the
-    first one got), the steering program on the group. Keyed "host:port" as written."""
+def open_slots(config: Config, slots: int, only: set[str] | None = None) -> dict[str, list[socket.socket]]:
+    """For every listener (or those keyed in ``only``), ``slots`` SO_REUSEPORT sockets on its
+    address (port 0: the port the first one got), the steering program on the group. Keyed
+    "host:port" as written."""
     out: dict[str, list[socket.socket]] = {}
     try:
         for spec in config.listeners:
+            if only is not None and f"{spec.host}:{spec.port}" not in only:
+                continue
             infos = socket.getaddrinfo(spec.host or None, spec.port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
             family, type_, proto, _, addr = infos[0]
@@ -122,6 +126,8 @@ class Master:
         self.reloads_refused = 0
         self.admin_path = ""
         self.checker: HealthChecker | None = None
+        self.retired: list[subprocess.Popen[bytes]] = []  # replaced workers finishing their requests
+        self.generation = 0  # of workers: +1 each time a reload replaces them all
         self.results: list[list[Any]] = []  # check results not yet sent to the workers
         self.flushing = False
 
@@ -136,7 +142,9 @@ class Master:
         log.info("worker %d started (pid %d)", slot, proc.pid)
 
     def worker_socket(self, slot: int) -> str:
-        return f"{self.admin_path}.w{slot}"
+        """A worker's admin socket; workers that replace others (a reload changing listeners)
+        get new names while the old ones finish."""
+        return f"{self.admin_path}.w{slot}" + (f"-{self.generation}" if self.generation else "")
 
     async def supervise(self) -> None:
         while not self.stopping:
@@ -150,6 +158,7 @@ class Master:
                     await asyncio.sleep(RESTART_DELAY)
                     if not self.stopping:
                         self.spawn(slot)
+            self.retired = [p for p in self.retired if p.poll() is None]
             await asyncio.sleep(0.1)
 
     def signal_workers(self, sig: int) -> None:
@@ -160,6 +169,7 @@ class Master:
     async def stop(self) -> None:
         self.stopping = True
         self.signal_workers(signal.SIGTERM)
+        self.procs.extend(self.retired)
         deadline = time.monotonic() + self.config.hard_stop_after + 5
         while any(p is not None and p.poll() is None for p in self.procs) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -204,11 +214,9 @@ class Master:
                 log.error("reload refused: %s", line)
             self.reloads_refused += 1
             raise AdminError("reload refused; still serving the previous configuration:\n" + "\n".join(errors))
-        if {(lst.host, lst.port) for lst in config.listeners} != {(lst.host, lst.port) for lst in self.config.listeners}:
-            self.reloads_refused += 1
-            msg = "reload refused: listeners added or removed need a restart with workers (their sockets are the master's)"
-            log.error("%s", msg)
-            raise AdminError(msg)
+        keys = {f"{lst.host}:{lst.port}" for lst in config.listeners}
+        if keys != set(self.sockets):
+            return await self._replace_workers(config, keys)
         self.config = config
         await self.stop_checks()
         self.start_checks()
@@ -217,6 +225,41 @@ class Master:
         self.loaded_at = time.time()
         log.info("reload of %s: the %d workers reload it", config.path, self.slots)
         return {"reloaded": config.path, "workers": self.slots}
+
+    async def _replace_workers(self, config: Config, keys: set[str]) -> dict[str, Any]:
+        """Listeners added or removed: sockets for the new ones first (one that cannot be
+        opened refuses the reload), then a new worker in every slot on the new set of sockets,
+        and the old ones stop gracefully (they finish their requests; their idle keep-alive
+        clients reconnect to the new ones). Unchanged listeners' sockets are never closed."""
+        try:
+            added = open_slots(config, self.slots, only=keys - set(self.sockets))
+        except OSError as exc:
+            self.reloads_refused += 1
+            msg = f"reload refused: cannot listen: {exc.strerror.lower() if exc.strerror else exc}"
+            log.error("%s", msg)
+            raise AdminError(msg) from None
+        removed = {k: self.sockets.pop(k) for k in set(self.sockets) - keys}
+        self.sockets.update(added)
+        self.config = config
+        await self.stop_checks()
+        old = list(self.procs)
+        self.generation += 1
+        for slot in range(self.slots):
+            self.spawn(slot)  # (self.procs[slot] is the new one: the supervisor watches it)
+        for proc in old:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                self.retired.append(proc)
+        for group in removed.values():
+            for s in group:
+                s.close()
+        self.start_checks()
+        self.reloads += 1
+        self.loaded_at = time.time()
+        log.info("reload of %s: listeners changed (opened %s, closed %s); new workers started, the old "
+                 "ones finish their requests", config.path, ", ".join(sorted(added)) or "none",
+                 ", ".join(sorted(removed)) or "none")
+        return {"reloaded": config.path, "workers": self.slots, "opened": sorted(added), "closed": sorted(removed)}
 
     # ---- admin (runtime/admin.Commands) -----------------------------------------------------------
     async def run(self, args: list[str]) -> Any:

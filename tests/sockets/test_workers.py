@@ -266,3 +266,52 @@ def test_ssl_session_resumption_returns_to_the_issuing_server_with_workers(tmp_p
             assert again == first and reused
     finally:
         _stop(p)
+
+
+def test_reload_that_adds_and_removes_a_listener_replaces_the_workers(master):
+    """With workers, a listener added or removed: new sockets first, new workers on them, the
+    old workers finish and go; the unchanged listener never stops answering."""
+    p, port, sock, rules, origins = master()
+    with socket.socket() as probe:  # another free port
+        probe.bind(("127.0.0.1", 0))
+        extra_port = probe.getsockname()[1]
+    text = rules.read_text()
+    old_pids = ctl(sock, "show", "info")["worker_pids"]
+    rules.write_text(text.replace(f"listen: [{{address: 127.0.0.1:{port}}}]",
+                                  f"listen: [{{address: 127.0.0.1:{port}}}, {{address: 127.0.0.1:{extra_port}}}]"))
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                _get(port, "127.0.0.9")
+            except (OSError, AssertionError) as exc:
+                errors.append(f"{time.time():.3f} {exc!r}")
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        result = ctl(sock, "reload")
+        assert result["opened"] == [f"127.0.0.1:{extra_port}"]
+        assert wait_for(lambda: _get(extra_port) in {"o0", "o1", "o2"}, 5, step=0.1)
+        assert wait_for(lambda: not any(_alive(x) for x in old_pids), 10)
+        rules.write_text(text)  # and the extra listener removed again
+        assert ctl(sock, "reload")["closed"] == [f"127.0.0.1:{extra_port}"]
+        assert wait_for(lambda: _refused(extra_port), 5, step=0.1)
+    finally:
+        stop.set()
+        t.join(10)
+    if errors:
+        p.send_signal(signal.SIGTERM)
+        print(p.communicate(timeout=10)[1][-6000:])
+    assert not errors, errors[:3]
+    info = ctl(sock, "show", "info")
+    assert info["reloads"] == 2 and all(info["worker_pids"])
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
