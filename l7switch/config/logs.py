@@ -18,15 +18,14 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import Node
 
 from ..spec import AdminSpec, LogSpec
 from .listen import _base_dir
-from .yamlnodes import Issues, did_you_mean, mapping, read_fields, text
+from .yamlnodes import OFF_WORDS, Issues, did_you_mean, is_off, mapping, read_fields, text
 
 FORMATS = ("combined", "json")
 STREAMS = ("stdout", "stderr")
-_OFF = ("off", "none", "false", "no")
 
 
 def _access(node: Node, path: str, issues: Issues) -> str:
@@ -55,7 +54,7 @@ def _id_header(node: Node, path: str, issues: Issues) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    if value.lower() in _OFF:
+    if value.lower() in OFF_WORDS:
         return ""
     if not value or any(c in value for c in " \t:\r\n") or not value.isascii():
         issues.add(node, f"{path}: {value!r} is not a header name")
@@ -70,7 +69,7 @@ READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"access": _access, "fo
 def _fields(node: Node, section: str, readers: dict[str, Callable[[Node, str, Issues], Any]],
             issues: Issues) -> dict[str, Any] | None:
     """A section's mapping read field by field; None for ``off`` or after reporting a mistake."""
-    if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF:
+    if is_off(node):
         return None
     m = mapping(node, section, issues, readers)
     if m is None:
@@ -95,7 +94,7 @@ def parse_log(node: Node, issues: Issues, filename: str) -> LogSpec:
         return LogSpec()
     access = values.get("access")
     if access is not None:
-        if not access or access.lower() in _OFF:
+        if not access or access.lower() in OFF_WORDS:
             access = None
         elif access not in STREAMS:
             access = _file(access, "log", "access", values, filename, issues)
@@ -122,14 +121,14 @@ ADMIN_READERS: dict[str, Callable[[Node, str, Issues], Any]] = {"socket": _acces
 
 
 def parse_admin(node: Node, issues: Issues, filename: str) -> AdminSpec:
-    if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF:
+    if is_off(node):
         return AdminSpec(socket="")
     values = _fields(node, "admin", ADMIN_READERS, issues)
     if values is None:
         return AdminSpec()
     sock = values.get("socket")
     if sock is not None:
-        if sock.lower() in _OFF:
+        if sock.lower() in OFF_WORDS:
             sock = ""
         elif sock:
             sock = _file(sock, "admin", "socket", values, filename, issues)

@@ -29,14 +29,13 @@ from ..net.flow import HIGH_WATER
 from ..spec import PerClientSpec
 from ..units import parse_size
 from .persist import netmask_reader
-from .yamlnodes import Issues, integer, is_null, mapping, read_fields, size, text, text_list
+from .yamlnodes import OFF_WORDS, Issues, integer, is_null, is_off, mapping, read_fields, size, text, text_list
 
 #: Sentinels a reader returns for a value that is fine but is not the field's final value
 #: (None means "failed, already reported").
 AUTO: Any = object()
 OFF: Any = object()
 
-_OFF_WORDS = ("off", "none", "false", "no")
 _RATE = re.compile(r"\s*([0-9][0-9_]*)\s*([a-z]*)\s*(?:/\s*s)?\s*", re.IGNORECASE)
 _PER_SECOND = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:/\s*s)?\s*")
 
@@ -53,7 +52,7 @@ def min_body_rate(node: Node, path: str, issues: Issues) -> int | None:
     value = text(node, path, issues, "a rate such as '500B/s'")
     if value is None:
         return None
-    if value.strip().lower() in _OFF_WORDS:
+    if value.strip().lower() in OFF_WORDS:
         return 0
     m = _RATE.fullmatch(value)
     try:
@@ -69,7 +68,7 @@ def min_body_rate(node: Node, path: str, issues: Issues) -> int | None:
 def buffer_body(node: Node, path: str, issues: Issues) -> int | None:
     """A size up to 64 KiB (net/flow.HIGH_WATER: held bytes beyond it pause reading anyway);
     ``0`` or ``off``: requests connect at their head, as before."""
-    if isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF_WORDS:
+    if is_off(node):
         return 0
     value = size(node, path, issues, minimum=0)
     if value is not None and value > HIGH_WATER:
@@ -119,7 +118,7 @@ PER_CLIENT_READERS = {
 
 def per_client(node: Node, path: str, issues: Issues) -> Any:
     """A PerClientSpec, OFF (``per_client: off``), or None after reporting what is wrong."""
-    if is_null(node) or (isinstance(node, ScalarNode) and node.value.strip().lower() in _OFF_WORDS):
+    if is_null(node) or is_off(node):
         return OFF
     if not isinstance(node, MappingNode):
         issues.add(node, f"{path}: expected a mapping such as {{connections: 100, "

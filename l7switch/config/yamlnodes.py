@@ -103,6 +103,15 @@ def kind(node: Node) -> str:
     return repr(node.value)
 
 
+#: Words that turn a feature off where a section or a value may be written as ``off``.
+OFF_WORDS = ("off", "none", "false", "no")
+
+
+def is_off(node: Node) -> bool:
+    """A scalar ``off`` (or none, false, no), any case."""
+    return isinstance(node, ScalarNode) and node.value.strip().lower() in OFF_WORDS
+
+
 def is_null(node: Node) -> bool:
     """``key:`` with no value (or ``~``/``null`` written plainly)."""
     return isinstance(node, ScalarNode) and node.tag == NULL_TAG and node.style is None
