@@ -85,10 +85,7 @@ class AccessLog:
                 _ms(ex.t_sent, ex.t_resp), _ms(ex.t_head or ex.t0, end), term, ex.request_id,
             )).encode("utf-8", "surrogateescape"))
             return
-        second = int(wall)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(wall)).encode()
+        stamp = self._stamp_at(wall)
         referer = user_agent = b"-"
         for name, value in head.headers:
             if name == b"referer":
@@ -96,7 +93,7 @@ class AccessLog:
             elif name == b"user-agent":
                 user_agent = _escape(value)
         self.out.write(b'%s - - [%s] "%s %s HTTP/%s" %d %s "%s" "%s"\n' % (
-            client.peer_ip.encode(), self._stamp, head.method, _escape(head.target),
+            client.peer_ip.encode(), stamp, head.method, _escape(head.target),
             head.version.encode(), status, b"%d" % ex.resp_bytes if ex.resp_bytes else b"-",
             referer, user_agent))
 
@@ -109,8 +106,15 @@ class AccessLog:
                    "id": request_id}
             self.out.write(json.dumps(rec, separators=(",", ":")).encode() + b"\n")
             return
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(wall)).encode()
-        self.out.write(b'%s - - [%s] "-" %d - "-" "-"\n' % (peer_ip.encode(), stamp, status))
+        self.out.write(b'%s - - [%s] "-" %d - "-" "-"\n' % (peer_ip.encode(), self._stamp_at(wall), status))
+
+    def _stamp_at(self, wall: float) -> bytes:
+        """Combined's [time], formatted once a second."""
+        second = int(wall)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(wall)).encode()
+        return self._stamp
 
     def flush(self) -> None:
         self.out.flush()

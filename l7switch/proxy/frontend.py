@@ -603,8 +603,7 @@ class ClientConnection(asyncio.Protocol):
                 loop.call_later(SHUTDOWN_GRACE, lambda: self.close() if self._idle_at_stop() else None)
 
     def _idle_at_stop(self) -> bool:
-        return self.exchange is None and (self.state == IDLE or (self.state == HEAD and not self.requests
-                                                                 and not self.head_fed and self.held is None))
+        return self.exchange is None and (self.state == IDLE or self.silent())
 
     def writelines(self, data: list[bytes]) -> None:
         t = self.transport

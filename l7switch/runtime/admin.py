@@ -335,12 +335,16 @@ class Admin:
         return {"reloaded": reloader.path, "ms": round(result.seconds * 1000, 1), **result.changes}
 
     async def check(self, args: list[str]) -> dict[str, Any]:
-        path = self.switch.config.path
-        try:
-            await asyncio.to_thread(load_config, path)
-        except ConfigError as exc:
-            raise AdminError("\n".join(str(i) for i in exc.issues)) from None
-        return {"file": path, "ok": True}
+        return await check_file(self.switch.config.path)
+
+
+async def check_file(path: str) -> dict[str, Any]:
+    """``ctl check``: the file on disk read and checked (in a thread), not applied."""
+    try:
+        await asyncio.to_thread(load_config, path)
+    except ConfigError as exc:
+        raise AdminError("\n".join(str(i) for i in exc.issues)) from None
+    return {"file": path, "ok": True}
 
 
 class Commands(Protocol):

@@ -51,13 +51,14 @@ class Listener:
     __slots__ = ("sock", "factory", "tls", "server", "opening", "name")
 
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
-                 tls: dict[str, Any], name: str) -> None:
+                 tls: dict[str, Any]) -> None:
         self.sock = sock
         self.factory = factory
         self.tls = tls
         self.server: asyncio.Server | None = None
         self.opening = False  # a resume's create_server is under way
-        self.name = name
+        h, p = sock.getsockname()[:2]
+        self.name = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
 
     def __repr__(self) -> str:
         state = "accepting" if self.server is not None else "paused"
@@ -96,8 +97,7 @@ class Listeners:
                 except BaseException:
                     sock.close()
                     raise
-                h, p = sock.getsockname()[:2]
-                lst = Listener(sock, factory, tls, f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
+                lst = Listener(sock, factory, tls)
                 opened.append(lst)
                 lst.server = await self._serve(lst)
         except BaseException:
@@ -113,8 +113,7 @@ class Listeners:
         opened: list[Listener] = []
         for sock in socks:
             sock.setblocking(False)
-            h, p = sock.getsockname()[:2]
-            lst = Listener(sock, factory, tls, f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
+            lst = Listener(sock, factory, tls)
             lst.server = await self._serve(lst)
             opened.append(lst)
         self.all.extend(opened)

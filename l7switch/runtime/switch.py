@@ -128,9 +128,14 @@ class Switch:
         self.state.accept = self.accept
         self.state.clock.start()
         self.state.current.defer_builds(self.defer_build)
-        if needs_checker(self.config.pools) and not self.checks_elsewhere:
+        self._start_checks(self.config)
+
+    def _start_checks(self, config: Config) -> None:
+        """Active checks and agents of ``config``'s pools, delivered to the current generation
+        (unless a master probes for this worker)."""
+        if needs_checker(config.pools) and not self.checks_elsewhere:
             self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
-            self.checker.start(self.config.pools)
+            self.checker.start(config.pools)
 
     async def _open_admin(self) -> None:
         """The admin socket: one the file names must open (else the switch does not start, as
@@ -215,7 +220,6 @@ class Switch:
             raise
         # From here on nothing fails: the switch changes in one loop turn.
         old, kept = self.state.reconfigure(config)
-        old_cap = self.config.limits.max_connections
         self.config = config
         self.state.current.defer_builds(self.defer_build)
         changed, closed = [], []
@@ -234,14 +238,11 @@ class Switch:
             self.accept.drop(listeners)
             closed.append(spec.address)
         self.addresses = [lst.sock.getsockname()[:2] for _, ls in self.listening.values() for lst in ls]
-        if config.limits.max_connections != old_cap or old_cap is None:
-            self._set_cap()
+        self._set_cap()  # (auto: the servers may have changed; a number: the same or the new one)
         if self.checker is not None:
             await self.checker.stop()
             self.checker = None
-        if needs_checker(config.pools) and not self.checks_elsewhere:
-            self.checker = HealthChecker(pool_deliver(lambda: self.state.current.pools))
-            self.checker.start(config.pools)
+        self._start_checks(config)
         asyncio.get_running_loop().call_later(config.hard_stop_after, self._cut, old)
         return {"opened": [new_specs[k].address for k in opened], "changed": changed, "closed": closed,
                 "pools": sorted(self.state.current.pools), "kept_servers": kept}

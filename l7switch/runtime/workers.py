@@ -46,7 +46,7 @@ from ..checks.checker import HealthChecker, needs_checker
 from ..config import load_config
 from ..errors import ConfigError
 from ..spec import Config
-from .admin import AdminError, default_socket
+from .admin import AdminError, check_file, default_socket
 
 log = logging.getLogger("l7switch")
 
@@ -273,11 +273,7 @@ class Master:
         if args[:1] == ["reload"]:
             return await self.reload()
         if args[:1] == ["check"]:
-            try:
-                await asyncio.to_thread(load_config, self.config.path)
-            except ConfigError as exc:
-                raise AdminError("\n".join(str(i) for i in exc.issues)) from None
-            return {"file": self.config.path, "ok": True}
+            return await check_file(self.config.path)
         replies = await asyncio.gather(*(self._ask(slot, args) for slot in range(self.slots)))
         errors = [r.get("error") for r in replies if not r.get("ok")]
         if errors:
