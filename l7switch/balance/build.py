@@ -22,15 +22,17 @@ from .store import Tables
 
 def build_pool(spec: PoolSpec, tables: Tables | None = None,
                clock: Callable[[], float] = time.monotonic,
-               queue_timeout: float = DEFAULT_QUEUE_TIMEOUT) -> ServerPool:
+               queue_timeout: float = DEFAULT_QUEUE_TIMEOUT, peers: int = 1) -> ServerPool:
     """A live pool for ``spec``. ``tables`` holds persistence tables (the switch's, kept across
-    reloads); a pool built without them (``explain``, tests) gets empty ones of its own."""
+    reloads); a pool built without them (``explain``, tests) gets empty ones of its own.
+    ``peers``: how many worker processes schedule this pool, each on its own (Scheduler.shared)."""
     servers = [Server(s.name, s.host, s.port, s.weight, spec.name, i, s.maxconn)
                for i, s in enumerate(spec.servers)]
     n = len(servers)
     backups = [Server(s.name, s.host, s.port, s.weight, spec.name, n + i, s.maxconn, backup=True)
                for i, s in enumerate(spec.backup)]
     scheduler = create(spec.scheduler, servers, spec.scheduler_options, clock)
+    scheduler.shared(peers)
     opts = scheduler.opts
     keyfn = key_function(opts["hash_key"], opts["trust_forwarded"]) if "hash_key" in opts else None
     # Backups take sessions too (a cookie naming a backup keeps it while no primary is up).
@@ -39,8 +41,9 @@ def build_pool(spec: PoolSpec, tables: Tables | None = None,
 
 
 def build_pools(specs: Mapping[str, PoolSpec], tables: Tables,
-                queue_timeout: float = DEFAULT_QUEUE_TIMEOUT) -> dict[str, ServerPool]:
-    return {name: build_pool(spec, tables, queue_timeout=queue_timeout) for name, spec in specs.items()}
+                queue_timeout: float = DEFAULT_QUEUE_TIMEOUT, peers: int = 1) -> dict[str, ServerPool]:
+    return {name: build_pool(spec, tables, queue_timeout=queue_timeout, peers=peers)
+            for name, spec in specs.items()}
 
 
 def explain_choice(spec: PoolSpec, view: RequestView, client: str) -> list[str]:

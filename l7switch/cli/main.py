@@ -111,7 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from ..runtime.workers import worker_main
 
-    return worker_main(args.slot, json.loads(args.fds), args.file, args.admin, args.log_level)
+    return worker_main(args.slot, json.loads(args.fds), args.file, args.admin, args.log_level, args.of)
 
 
 def _workers_arg(text: str) -> int:
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker")
     worker.add_argument("file")
     worker.add_argument("--slot", type=int, required=True)
+    worker.add_argument("--of", type=int, default=1)  # workers in all (Scheduler.shared)
     worker.add_argument("--fds", required=True)
     worker.add_argument("--admin", default="")
     worker.add_argument("--log-level", default="info")

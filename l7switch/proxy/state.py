@@ -153,7 +153,7 @@ class Generation:
     __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice", "id_header", "id_name")
 
     def __init__(self, config: Config, tables: Tables, clock: Clock,
-                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+                 spawn: Callable[[Coroutine[Any, Any, None]], None], peers: int = 1) -> None:
         self.config = config
         # One attribute hop less on the paths every request takes (the same frozen objects).
         self.timeouts = config.timeouts
@@ -162,7 +162,7 @@ class Generation:
         self.id_name = config.log.request_id_header.encode("latin-1")  # as written, for servers
         self.id_header = self.id_name.lower()  # b"": none sent
         self.router = Router.from_specs(config.rules, config.default_pool)
-        self.pools: dict[str, ServerPool] = build_pools(config.pools, tables, config.timeouts.queue)
+        self.pools: dict[str, ServerPool] = build_pools(config.pools, tables, config.timeouts.queue, peers)
         up = config.upstream
         self.cpools: dict[Server, ConnectionPool] = {
             s: ConnectionPool(s, up.max_idle, up.idle_timeout, config.timeouts.server,
@@ -213,9 +213,9 @@ class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "id_bytes", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
                  "idle", "fresh", "first", "refusals_log", "rate_log", "buffered", "access",
-                 "_access_job")
+                 "_access_job", "peers")
 
-    def __init__(self, config: Config, tables: Tables | None = None) -> None:
+    def __init__(self, config: Config, tables: Tables | None = None, peers: int = 1) -> None:
         t = config.timeouts
         # Queue timeouts are deadlines on this clock too (balance/queue.Ticket).
         queues = [p.queue.timeout for p in config.pools.values() if p.queue.timeout is not None]
@@ -223,7 +223,9 @@ class SwitchState:
         # Persistence tables (client address -> server...) belong to the process, not to a
         # generation: a reload hands them to the new pools, so sessions survive it.
         self.tables = tables if tables is not None else Tables()
-        self.current = Generation(config, self.tables, self.clock, self.spawn)
+        #: Worker processes serving the same listeners, each with its own state (workers: N).
+        self.peers = peers
+        self.current = Generation(config, self.tables, self.clock, self.spawn, peers)
         self.clients: set[Client] = set()
         # Tasks exist only for new server connections; asyncio keeps tasks weakly, so we hold them.
         self.tasks: set[asyncio.Task[None]] = set()
@@ -412,7 +414,7 @@ class SwitchState:
         log follows its settings. Returns the generation replaced, and the servers whose state
         was carried over, by pool."""
         old = self.current
-        gen = Generation(config, self.tables, self.clock, self.spawn)
+        gen = Generation(config, self.tables, self.clock, self.spawn, self.peers)
         kept = gen.inherit(old)
         per_client = config.limits.per_client
         if per_client is None:

@@ -119,7 +119,7 @@ class Admin:
         rows = []
         for name, pool in self._pools().items():
             persist = pool.persistence or pool.hello_persistence
-            rows.append({"pool": name, "scheduler": pool.scheduler.name,
+            rows.append({"pool": name, "scheduler": pool.scheduler.label(),
                          "persistence": persist.snapshot().get("kind") if persist is not None else None,
                          "servers": len(pool.servers), "backups": len(pool.backups),
                          "available": sum(1 for s in pool.servers if s.available),

@@ -57,11 +57,12 @@ class ListenError(Exception):
 
 class Switch:
     def __init__(self, config: Config, tables: Tables | None = None,
-                 inherited: dict[str, list[socket.socket]] | None = None) -> None:
+                 inherited: dict[str, list[socket.socket]] | None = None, peers: int = 1) -> None:
         self.config = config
         #: Listening sockets opened by a master (runtime/workers.py), by "host:port" as written.
         self.inherited = inherited or {}
-        self.state = SwitchState(config, tables)
+        #: ``peers``: the worker processes serving with this one (workers: N), 1 alone.
+        self.state = SwitchState(config, tables, peers)
         state = self.state
         state.clock.every(SWEEP_INTERVAL, lambda now: state.tables.expire())
         state.clock.every(POOL_TICK, self._tick_pools)
@@ -367,11 +368,12 @@ def raise_fd_limit() -> int:
 
 
 def run(config: Config, log_level: str = "info", inherited: dict[str, list[socket.socket]] | None = None,
-        worker: int | None = None) -> int:
+        worker: int | None = None, peers: int = 1) -> int:
     """Serve until SIGTERM/SIGINT, then stop accepting and finish in-flight requests.
     Returns the exit status: 0, or 1 when a listener cannot be opened (one line on stderr).
     ``log_level``: the event log's (stderr) threshold: debug, info, warning or error.
-    ``inherited``/``worker``: a worker of runtime/workers.py, on its master's sockets."""
+    ``inherited``/``worker``/``peers``: worker ``worker`` of ``peers`` (runtime/workers.py), on its
+    master's sockets."""
     import uvloop
 
     tag = f"w{worker} " if worker is not None else ""
@@ -380,7 +382,7 @@ def run(config: Config, log_level: str = "info", inherited: dict[str, list[socke
     raise_fd_limit()
 
     async def main() -> int:
-        switch = Switch(config, inherited=inherited)
+        switch = Switch(config, inherited=inherited, peers=peers)
         if worker is None:
             switch.default_admin = default_socket()
         else:

@@ -134,7 +134,8 @@ class Master:
     # ---- workers ----------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
         fds = {key: group[slot].fileno() for key, group in self.sockets.items()}
-        cmd = [sys.executable, "-m", "l7switch", "worker", "--slot", str(slot), "--fds", json.dumps(fds),
+        cmd = [sys.executable, "-m", "l7switch", "worker", "--slot", str(slot), "--of", str(self.slots),
+               "--fds", json.dumps(fds),
                "--log-level", self.log_level, "--admin", self.worker_socket(slot) if self.admin_path else "",
                self.config.path]
         proc = subprocess.Popen(cmd, pass_fds=list(fds.values()))
@@ -400,7 +401,8 @@ async def _reload_quietly(master: Master) -> None:
         pass  # (logged)
 
 
-def worker_main(slot: int, fds: dict[str, int], path: str, admin: str, log_level: str) -> int:
+def worker_main(slot: int, fds: dict[str, int], path: str, admin: str, log_level: str,
+                peers: int = 1) -> int:
     """A worker: the switch on its slot's inherited sockets; stops when the master goes."""
     import dataclasses
 
@@ -421,5 +423,5 @@ def worker_main(slot: int, fds: dict[str, int], path: str, admin: str, log_level
         return 1
     config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, socket=admin))
     inherited = {key: [socket.socket(fileno=fd)] for key, fd in fds.items()}
-    return run(config, log_level, inherited=inherited, worker=slot)
+    return run(config, log_level, inherited=inherited, worker=slot, peers=peers)
 

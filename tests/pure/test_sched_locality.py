@@ -324,7 +324,7 @@ def test_lard_replicate_grows_a_set_and_shrinks_it_after_k() -> None:
     load(ss, 4, 0, 5)
     assert sched.pick("/a") is ss[0]  # least loaded member; s1 is not one
     assert sched.snapshot() | {"options": None} == {
-        "name": "lard", "options": None, "entries": 1, "mean_set_size": 2.0}
+        "name": "lard", "options": None, "entries": 1, "placement": "load", "mean_set_size": 2.0}
     load(ss, 10, 6, 10)  # the least loaded member at 2 * t_high: the least loaded server joins
     assert sched.pick("/a") is ss[1]
     assert sched.snapshot()["mean_set_size"] == 3
@@ -361,6 +361,7 @@ def test_lard_rejects_t_low_not_below_t_high(t_low: int, t_high: int) -> None:
     ("lard", {"replicate": "yes"}, "expected true or false"),
     ("lblc", {"max_entries": 0}, "expected an integer >= 1, found 0"),
     ("lblcr", {"expiration": "soon"}, "expected a duration"),
+    ("lard", {"placement": "random"}, "expected one of auto, load, hash, found 'random'"),
     ("lard", {"hash_key": "path", "trust_forwarded": True}, "trust_forwarded only applies"),
 ])
 def test_bad_options_are_rejected(name: str, options: dict[str, Any], message: str) -> None:
@@ -371,7 +372,7 @@ def test_bad_options_are_rejected(name: str, options: dict[str, Any], message: s
 def test_defaults() -> None:
     assert make("lblc", servers(1)).opts == {
         "hash_key": "path", "trust_forwarded": False, "capacity": 65, "max_entries": 16384,
-        "expiration": 86400.0}
+        "expiration": 86400.0, "placement": "auto"}
     assert make("lblcr", servers(1)).opts["set_expiry"] == 60.0
     lard = make("lard", servers(1)).opts
     assert (lard["t_low"], lard["t_high"], lard["replicate"], lard["set_expiry"]) == (25, 65, False, 20.0)
@@ -424,3 +425,78 @@ def test_new_keys_spread_over_an_idle_pool() -> None:
         owners = {sched.pick(f"/k{i}") for i in range(40)}
         assert owners == set(ss), name
 
+
+
+# ---- placement: workers that agree without sharing a table -----------------------------------
+
+def _worker(name: str, placement: str, peers: int, **options: Any) -> tuple[Scheduler, list[Server]]:
+    """One worker's view: its own Server objects (own in-flight counts) and its own table."""
+    ss = servers(1, 1, 1, 1)
+    sched = make(name, ss, placement=placement, **options)
+    sched.shared(peers)
+    return sched, ss
+
+
+@pytest.mark.parametrize("name", ["lblc", "lblcr", "lard"])
+def test_hash_placement_gives_a_key_the_same_server_in_every_worker_whatever_their_loads(name: str) -> None:
+    """With ``placement: auto`` and 2 workers, each worker's loads differ (they serve different
+    connections) but a new key still goes to the same server in both: the rendezvous winner.
+    With ``load`` (the single-process default) they disagree on most keys."""
+    def owners(placement: str, peers: int) -> tuple[list[str], list[str]]:
+        (a, sa), (b, sb) = _worker(name, placement, peers), _worker(name, placement, peers)
+        load(sa, 0, 3, 6, 9)
+        load(sb, 9, 6, 3, 0)
+        keys = [f"/obj/{i}" for i in range(400)]
+        return [a.pick(k).name for k in keys], [b.pick(k).name for k in keys]  # type: ignore[union-attr]
+    first, second = owners("auto", 2)
+    assert first == second
+    assert {n: first.count(n) for n in set(first)}.keys() == {"s0", "s1", "s2", "s3"}
+    assert min(first.count(n) for n in set(first)) > 60  # ~100 each
+    first, second = owners("auto", 1)  # alone: IPVS's least loaded, so they disagree
+    assert sum(x == y for x, y in zip(first, second)) < 50
+    first, second = owners("load", 2)
+    assert sum(x == y for x, y in zip(first, second)) < 50
+
+
+def test_hash_placement_follows_weights_and_moves_only_a_leaving_servers_keys() -> None:
+    ss = [Server(f"s{i}", "127.0.0.1", 9000 + i, w, "p", i) for i, w in enumerate([1, 1, 2])]
+    sched = make("lblc", ss, placement="hash")
+    keys = [f"/k{i}" for i in range(3000)]
+    before = {k: sched.pick(k) for k in keys}
+    share = [sum(v is s for v in before.values()) / len(keys) for s in ss]
+    assert share[0] == pytest.approx(0.25, abs=0.04) and share[2] == pytest.approx(0.5, abs=0.04)
+    ss[2].up = False
+    fresh = make("lblc", ss, placement="hash")  # another worker that never saw s2 up
+    for k in keys:
+        after = sched.pick(k)
+        assert after is fresh.pick(k)  # both agree where s2's keys went
+        if before[k] is not ss[2]:
+            assert after is before[k]  # and no other key moved
+
+
+def test_hash_placement_gives_way_to_the_least_loaded_when_the_home_is_overloaded() -> None:
+    sched, ss = _worker("lblc", "hash", 1, capacity=10)
+    home = sched.pick("/hot")
+    assert home is not None
+    for s in ss:
+        s.inflight = 0 if s is home else 4
+    home.inflight = 11  # over capacity, and others are under half: overloaded
+    assert sched.pick("/hot") is not home
+    sched2, ss2 = _worker("lblc", "hash", 1, capacity=10)
+    for s in ss2:
+        s.inflight = 11 if s.name == home.name else 4
+    assert sched2.pick("/hot").name != home.name  # type: ignore[union-attr]  # a new key too
+
+
+@pytest.mark.parametrize("name, options", [("lblc", {"capacity": 10}), ("lblcr", {"capacity": 10}),
+                                           ("lard", {"t_low": 5, "t_high": 10})])
+def test_with_workers_each_worker_judges_overload_on_its_share_of_the_load(name: str, options: dict[str, Any]) -> None:
+    """Each of 2 workers sees about half of a server's requests in flight: 6 in one worker is
+    ~12 at the server, over a capacity (or t_high) of 10, so the key moves; alone, 6 is not."""
+    for peers, moves in ((1, False), (2, True)):
+        sched, ss = _worker(name, "hash", peers, **options)
+        home = sched.pick("/a")
+        assert home is not None
+        for s in ss:
+            s.inflight = 6 if s is home else 0
+        assert (sched.pick("/a") is not home) is moves, peers

@@ -71,13 +71,15 @@ def master(tmp_path, origin_factory, free_port):
     """``master(extra="")`` -> (process, port, admin socket, rule file, origins)."""
     started: list[subprocess.Popen] = []
 
-    def start(extra: str = "", workers: int = 2):
+    def start(extra: str = "", workers: int = 2, scheduler: str = "wlc",
+              persistence: str = "{source: {timeout: 60s}}"):
         origins = [origin_factory(f"o{i}") for i in range(3)]
         sock = tmp_path / "admin.sock"
         rules = tmp_path / "site.yaml"
         servers = "".join(f"      - {{address: 127.0.0.1:{o.port}, name: o{i}}}\n" for i, o in enumerate(origins))
         rules.write_text(f"listen: [{{address: 127.0.0.1:{free_port}}}]\npools:\n  web:\n    servers:\n{servers}"
-                         f"    persistence: {{source: {{timeout: 60s}}}}\ndefault_pool: web\n"
+                         f"    scheduler: {scheduler}\n" + (f"    persistence: {persistence}\n" if persistence else "") +
+                         "default_pool: web\n"
                          f"admin: {{socket: {sock}}}\nworkers: {workers}\nhard_stop_after: 2s\n{extra}")
         p = _spawn(rules)
         started.append(p)
@@ -210,6 +212,34 @@ def test_connection_steering_spreads_one_address_over_the_workers(master):
         _get(port)
     per_worker = [sum(r["total"] for r in ctl(Path(f"{sock}.w{w}"), "show", "servers")) for w in (0, 1)]
     assert all(n > 0 for n in per_worker) and sum(per_worker) >= 40, per_worker
+
+
+def test_locality_keys_get_one_server_in_every_worker(master):
+    """lblc with 2 workers places keys by rendezvous hash (placement: auto), so a path meets
+    the same server whichever worker its client lands on, even while the workers' loads differ.
+    Here 12 slow requests for one key from 127.0.0.2 load one server in worker 0 only (the
+    steering takes the address modulo 2); then 30 paths are asked from 127.0.0.2 and 127.0.0.3,
+    one per worker. By least load (IPVS's placement) worker 0 would avoid the loaded server
+    and worker 1 would not, and a third of the paths would have a server in each."""
+    p, port, sock, _rules, origins = master(scheduler="lblc", persistence="")
+    rows = ctl(Path(f"{sock}.w0"), "show", "pools")
+    assert rows[0]["scheduler"] == "lblc (hash placement)", rows  # type: ignore[index]
+    assert ctl(sock, "show", "pools")[0]["scheduler"] == "lblc (hash placement)"  # type: ignore[index]
+    slow = [threading.Thread(target=_get, args=(port, "127.0.0.2", "/delay/2500"), daemon=True)
+            for _ in range(12)]
+    for t in slow:
+        t.start()
+    assert wait_for(lambda: sum(r["inflight"] for r in ctl(Path(f"{sock}.w0"), "show", "servers")) == 12, 5)
+    seen: dict[str, set[str]] = {}
+    for source in ("127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"):
+        for i in range(30):
+            seen.setdefault(f"/k{i}", set()).add(_get(port, source, f"/k{i}"))
+    assert all(len(names) == 1 for names in seen.values()), seen
+    assert len({n for names in seen.values() for n in names}) == 3
+    per_worker = [sum(r["total"] for r in ctl(Path(f"{sock}.w{w}"), "show", "servers")) for w in (0, 1)]
+    assert per_worker[0] >= 60 and per_worker[1] >= 60, per_worker
+    for t in slow:
+        t.join(5)
 
 
 def test_checks_run_once_in_the_master_and_every_worker_agrees(tmp_path, origin_factory, free_port):

@@ -17,6 +17,23 @@ The table is a bounded LRU with lazy expiry and no timers:
   entry idle for longer is treated as absent when next looked up, and inserting new keys also
   discards a few expired entries from the cold end of the LRU, so idle keys do not linger.
 
+Placement: which server a new key goes to (and where a key moves when its server is down or
+overloaded). IPVS and LARD give it to the least loaded server; that choice depends on the
+in-flight counts one process sees, so with ``workers: N`` each worker, having its own table and
+its own counts, sends the same key to a different server and every cache holds every hot
+object (the locality benchmark lost 17% of its hit rate with 2 workers). ``placement: hash``
+gives a new key to its weighted rendezvous-hash server (Thaler & Ravishankar 1998; HRW with
+``-w / ln(u)`` scores) among the available servers, unless that one is overloaded, then to the
+least loaded: every worker computes the same server from the key alone, with no shared state and
+no IPC, and a server going down moves only its own keys. ``auto`` (the default) is ``hash``
+when the switch runs several workers and ``load`` otherwise.
+
+Load thresholds with workers: each worker counts only its own requests in flight, about 1/N of
+a server's real load when connections spread over N workers, so the thresholds (lblc's
+``capacity``, LARD's ``t_low``/``t_high``) are divided by N in each worker: "overloaded" keeps
+meaning the server's load, as configured. (With ``worker_steering: address`` and very few client
+addresses one worker may carry most of the load and move keys a little early.)
+
 Neither algorithm queues requests. LARD's front-end additionally caps the requests handed to
 the back-ends at ``S = (n-1)*T_high + T_low - 1`` and holds the rest; the switch has no request
 queue, so that admission control is not done.
@@ -24,16 +41,17 @@ queue, so that admission control is not done.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..servers import Server
-from .base import Option, Scheduler, duration, integer, key_hash, least_loaded
+from .base import Option, Scheduler, choice, duration, integer, key_hash, least_loaded
 
 __all__ = ["KeyTable", "ServerSet", "LocalityScheduler", "TABLE_OPTIONS", "CAPACITY_OPTION",
-           "half_load_overloaded", "most_loaded"]
+           "half_load_overloaded", "most_loaded", "rendezvous"]
 
 #: IPVS LBLC/LBLCR's table limit: ``1 << CONFIG_IP_VS_LBLC_TAB_BITS`` (1024) buckets times 16.
 DEFAULT_MAX_ENTRIES = 16 * 1024
@@ -48,6 +66,10 @@ TABLE_OPTIONS: dict[str, Option] = {
                           "forgotten (IPVS LBLC/LBLCR: 16384)"),
     "expiration": Option(duration, DEFAULT_EXPIRATION,
                          "a key unused for this long is forgotten (IPVS lblc_expiration: 24h)"),
+    "placement": Option(choice("auto", "load", "hash"), "auto",
+                        "where a new key goes: load = the least loaded server (IPVS, LARD); "
+                        "hash = the key's rendezvous-hash server unless it is overloaded, so "
+                        "that workers agree without sharing tables; auto = hash with workers > 1"),
 }
 
 
@@ -61,7 +83,7 @@ CAPACITY_OPTION = Option(integer(1), DEFAULT_CAPACITY,
                          "overloaded (when another server is under half that)")
 
 
-def half_load_overloaded(n: Server, servers: Sequence[Server], capacity: int) -> bool:
+def half_load_overloaded(n: Server, servers: Sequence[Server], capacity: float) -> bool:
     """IPVS ``is_overloaded`` with the weight scaled by ``capacity``."""
     if n.inflight <= n.weight * capacity:
         return False
@@ -69,6 +91,36 @@ def half_load_overloaded(n: Server, servers: Sequence[Server], capacity: int) ->
         if m.available and m.inflight * 2 < m.weight * capacity:
             return True
     return False
+
+
+# ---- placement by hash ------------------------------------------------------------------------
+
+_TWO32 = float(1 << 32)
+
+
+def rendezvous(servers: Sequence[Server], seeds: Sequence[int], h: int) -> Server | None:
+    """The available server with the highest weighted rendezvous score for key hash ``h``:
+    ``weight / -ln(u)`` with ``u`` uniform in (0, 1) from the key's and the server's hashes
+    (``seeds``, one per server, from its name), which gives each server a share of keys in
+    proportion to its weight and moves only a leaving server's keys. Servers at weight 0 (or
+    unavailable) are skipped. One ``fmix32`` (inlined) and one ``log`` per server, paid only when
+    a key is new or has to move (bench/placement_cost.py)."""
+    best: Server | None = None
+    best_score = 0.0
+    log = math.log
+    for s, seed in zip(servers, seeds):
+        if not s.available or s.weight <= 0:
+            continue
+        x = h ^ seed
+        x ^= x >> 16
+        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
+        x ^= x >> 13
+        x = (x * 0xC2B2AE35) & 0xFFFFFFFF
+        x ^= x >> 16  # fmix32(h ^ seed)
+        score = s.weight / -log((x + 0.5) / _TWO32)
+        if score > best_score:
+            best, best_score = s, score
+    return best
 
 
 # ---- the key table ----------------------------------------------------------------------------
@@ -188,6 +240,21 @@ class LocalityScheduler(Scheduler):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(servers, options, clock)
         self.table = KeyTable(self.opts["max_entries"], self.opts["expiration"])
+        # A server's seed comes from its name, which is the same in every worker (and across a
+        # reload that keeps it), not from its position or address.
+        self._seeds = [key_hash(s.name) for s in self.servers]
+        self.hashed = self.opts["placement"] == "hash"
+        self.peers = 1
+        self.scale_thresholds()
+
+    def shared(self, peers: int) -> None:
+        self.peers = peers
+        if self.opts["placement"] == "auto":
+            self.hashed = peers > 1
+        self.scale_thresholds()
+
+    def scale_thresholds(self) -> None:
+        """Set the load thresholds from the options for this process's share, 1/``peers``."""
 
     def inherit(self, old: Scheduler, servers: dict[Server, Server]) -> None:
         """A reload kept this pool: which server each key was sent to stays (the caches those
@@ -201,8 +268,15 @@ class LocalityScheduler(Scheduler):
         raise NotImplementedError
 
     def least_loaded_for(self, key: str) -> Server | None:
-        """The least loaded server to take ``key``; ties broken by the key's hash (base.py)."""
-        return least_loaded(self.servers, None, key_hash(key))
+        """The server to take ``key`` (new, or moving): the least loaded, ties broken by the
+        key's hash (base.py); with hash placement the key's rendezvous server first, unless it
+        is overloaded."""
+        h = key_hash(key)
+        if self.hashed:
+            n = rendezvous(self.servers, self._seeds, h)
+            if n is not None and not self.overloaded(n):
+                return n
+        return least_loaded(self.servers, None, h)
 
     def pick_single(self, key: str | None) -> Server | None:
         """LBLC / basic LARD: keep the key's server unless it is unavailable or overloaded, in
@@ -274,10 +348,14 @@ class LocalityScheduler(Scheduler):
             sset.lastmod = now
         return n
 
+    def label(self) -> str:
+        return f"{self.name} ({'hash' if self.hashed else 'load'} placement)"
+
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
         live = self.table.live(self.clock())
         snap["entries"] = len(live)
+        snap["placement"] = "hash" if self.hashed else "load"  # in force (auto resolved)
         if self.uses_sets:
             snap["mean_set_size"] = (
                 round(sum(len(s.members) for s in live) / len(live), 3) if live else 0.0)

@@ -74,6 +74,14 @@ def duration(v: Any) -> float:
     return seconds
 
 
+def choice(*words: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in words:
+            raise ValueError(f"expected one of {', '.join(words)}, found {v!r}")
+        return str(v)
+    return parse
+
+
 def _hash_key(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError(f"expected a key such as 'path' or 'header:X-User', found {v!r}")
@@ -164,6 +172,11 @@ class Scheduler:
     def on_down(self, server: Server) -> None:
         """``server`` failed and is masked."""
 
+    def shared(self, peers: int) -> None:
+        """The builder says how many processes schedule this pool, each with its own counters
+        and tables (``workers: N``). Schedulers whose choices depend on local state may choose
+        differently when they are not alone (the locality ones, _locality.py)."""
+
     def on_weight(self, server: Server) -> None:
         """``server.weight`` changed (runtime admin); table-driven schedulers rebuild."""
         self.rebuild()
@@ -191,6 +204,10 @@ class Scheduler:
                 self.install_table(table)
 
         self.defer(build, install)
+
+    def label(self) -> str:
+        """The name, with what an operator needs to know of how it runs (``ctl show pools``)."""
+        return self.name
 
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.opts)}
@@ -233,7 +250,11 @@ def key_hash(key: str) -> int:
     CRC-32 (0.16 µs here) followed by MurmurHash3's fmix32 finaliser, which gives CRC's linear
     output full avalanche so near-identical paths land far apart on a ring or table.
     """
-    h = zlib.crc32(key.encode("utf-8", "surrogateescape"))
+    return fmix32(zlib.crc32(key.encode("utf-8", "surrogateescape")))
+
+
+def fmix32(h: int) -> int:
+    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with p ~ 1/2."""
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & 0xFFFFFFFF
     h ^= h >> 13

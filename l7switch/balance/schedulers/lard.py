@@ -52,8 +52,10 @@ class LocalityAwareRequestDistribution(LocalityScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.uses_sets = self.opts["replicate"]
-        self._t_low = self.opts["t_low"]
-        self._t_high = self.opts["t_high"]
+
+    def scale_thresholds(self) -> None:
+        self._t_low = self.opts["t_low"] / self.peers
+        self._t_high = self.opts["t_high"] / self.peers
 
     @classmethod
     def check(cls, opts: Mapping[str, Any], n_servers: int) -> list[str]:

@@ -33,8 +33,11 @@ class LocalityLeastConnection(LocalityScheduler):
     name = "lblc"
     options = {**KEY_OPTIONS, "capacity": CAPACITY_OPTION, **TABLE_OPTIONS}
 
+    def scale_thresholds(self) -> None:
+        self.capacity = self.opts["capacity"] / self.peers
+
     def overloaded(self, n: Server) -> bool:
-        return half_load_overloaded(n, self.servers, self.opts["capacity"])
+        return half_load_overloaded(n, self.servers, self.capacity)
 
     def pick(self, key: str | None) -> Server | None:
         return self.pick_single(key)

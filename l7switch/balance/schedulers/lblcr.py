@@ -36,8 +36,11 @@ class LocalityLeastConnectionReplicated(LocalityScheduler):
     }
     uses_sets = True
 
+    def scale_thresholds(self) -> None:
+        self.capacity = self.opts["capacity"] / self.peers
+
     def overloaded(self, n: Server) -> bool:
-        return half_load_overloaded(n, self.servers, self.opts["capacity"])
+        return half_load_overloaded(n, self.servers, self.capacity)
 
     def pick(self, key: str | None) -> Server | None:
         return self.pick_set(key, self.opts["set_expiry"])
