@@ -45,10 +45,26 @@ def socket_path(args: argparse.Namespace) -> str:
 
 
 def _owner(path: str) -> str:
+    """Whose ``path`` is and its mode; or, when a directory on the way keeps us from even
+    looking, which directory that is and whose."""
+    def who(p: str) -> str:
+        st = os.stat(p)
+        try:
+            name = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            name = f"uid {st.st_uid}"
+        return f"{name}, mode {oct(st.st_mode & 0o777)[2:].zfill(4)}"
     try:
-        st = os.stat(path)
-        return f"{pwd.getpwuid(st.st_uid).pw_name}, mode {oct(st.st_mode & 0o777)[2:].zfill(4)}"
-    except (OSError, KeyError):
+        return who(path)
+    except PermissionError:
+        parent = os.path.dirname(os.path.abspath(path))
+        while parent != "/" and not os.access(os.path.dirname(parent), os.X_OK):
+            parent = os.path.dirname(parent)
+        try:
+            return f"its directory {parent} is closed to you: {who(parent)}"
+        except OSError:
+            return f"its directory {parent} is closed to you"
+    except OSError:
         return "unknown owner"
 
 

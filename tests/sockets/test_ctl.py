@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
 from kit import Conn, get, wait_for
 
+from l7switch.cli.ctl import call
 from l7switch.config import load_config
 from l7switch.runtime.reload import Reloader
 
@@ -27,9 +31,9 @@ def ctl(sock: Path, *words: str, json_out: bool = False) -> tuple[int, str, str]
     return p.returncode, p.stdout, p.stderr
 
 
-def _switch(tmp_path, origin_factory, switch_factory, lt, weight_o2: int = 1):
+def _switch(tmp_path, origin_factory, switch_factory, lt, weight_o2: int = 1, sock: Path | None = None):
     o1, o2 = origin_factory("o1"), origin_factory("o2")
-    sock = tmp_path / "admin.sock"
+    sock = sock or tmp_path / "admin.sock"
     path = tmp_path / "site.yaml"
 
     def write(w2: int = weight_o2, extra_server: str = "") -> None:
@@ -145,6 +149,49 @@ def test_unreachable_socket(tmp_path):
     s.close()  # a socket file nobody listens on
     code, _, err = ctl(stale, "show", "info")
     assert code == 1 and "nobody is listening" in err
+
+
+def _call_as_nobody(sock: Path) -> str:
+    """ctl's call() in a forked child that became nobody (the venv may not be readable by
+    nobody, so no new interpreter): the line it would print, through a pipe."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        message = "answered"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            call(str(sock), ["show", "info"])
+        except SystemExit as exc:
+            message = str(exc)
+        except BaseException as exc:  # noqa: BLE001  (anything else is the failure to report)
+            message = f"{type(exc).__name__}: {exc}"
+        os.write(w, message.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        err = f.read().decode()
+    os.waitpid(pid, 0)
+    return err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run ctl as another user")
+def test_a_socket_owned_by_someone_else(lt, tmp_path, origin_factory, switch_factory):
+    """The socket is owner-only (0600) by default: another user's ctl is told whose it is, or
+    which directory on the way is closed to it."""
+    shared = Path(tempfile.mkdtemp(prefix="l7ctl-"))
+    try:
+        shared.chmod(0o755)
+        sw, sock, *_ = _switch(tmp_path, origin_factory, switch_factory, lt, sock=shared / "admin.sock")
+        assert oct(sock.stat().st_mode & 0o777) == "0o600"
+        err = _call_as_nobody(sock)
+        assert err.startswith("l7switch ctl: permission denied on") and "(root, mode 0600)" in err, err
+        shared.chmod(0o700)
+        err = _call_as_nobody(sock)
+        assert f"its directory {shared} is closed to you: root, mode 0700" in err, err
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_second_switch_on_the_same_socket_refuses_to_start(lt, tmp_path, origin_factory, switch_factory):
