@@ -26,6 +26,7 @@ from .health import AgentReply, CheckResult, CheckState, Ejections, transition_l
 from .persistence import Persistence
 from .queue import RequestQueue
 from .schedulers.base import Scheduler, least_loaded
+from ..stats import Traffic
 from .servers import DOWN, Server
 
 log = logging.getLogger("l7switch")
@@ -45,7 +46,7 @@ class ServerPool:
     __slots__ = ("name", "servers", "backups", "scheduler", "spec", "created", "keyfn", "persistence",
                  "hello_persistence", "_on_start", "_on_end", "queue", "checks", "agents",
                  "_agent_down", "_ejections", "_ramping", "_in_turn", "error_limit", "observe_l7",
-                 "retrying", "retries", "clock")
+                 "retrying", "retries", "clock", "unserved")
 
     def __init__(self, spec: PoolSpec, servers: Sequence[Server], scheduler: Scheduler,
                  keyfn: KeyFunction | None = None, persistence: Persistence | None = None,
@@ -82,6 +83,8 @@ class ServerPool:
         self.observe_l7 = passive.observe == "layer7"
         self.retrying = 0  # requests of this pool being retried now (the retry budget counts them)
         self.retries = 0  # retries ever
+        #: Requests of this pool that ended with no server (503: none available; queue timeouts).
+        self.unserved = Traffic()
         # What checks found, per server (only for servers that have that kind of check).
         self.checks: dict[Server, CheckState] = {}
         self.agents: dict[Server, CheckResult] = {}  # the last agent exchange
@@ -345,6 +348,7 @@ class ServerPool:
         neither revives a dead server nor forgets a drained one. Returns the names carried over.
         (HAProxy's server-state-file does this across a restart; its runtime changes are lost.)"""
         olds = {(s.name, s.host, s.port): s for s in old.all_servers}
+        self.unserved = old.unserved
         mapping: dict[Server, Server] = {}
         old_specs = {s.name: s for s in (*old.spec.servers, *old.spec.backup)}
         new_specs = {s.name: s for s in (*self.spec.servers, *self.spec.backup)}
@@ -378,6 +382,8 @@ class ServerPool:
             server.agent_pct, server.since = prev.agent_pct, prev.since
             server.total, server.failures, server.errors = prev.total, prev.failures, prev.errors
             server.retries, server.redispatches, server.latency = prev.retries, prev.redispatches, prev.latency
+            # One set of counters for both: requests still finishing on the old pool count too.
+            server.traffic = prev.traffic
             if prev in old._ramping:
                 self._ramping[server] = old._ramping[prev]
                 server.ramp = prev.ramp

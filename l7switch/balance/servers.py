@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..stats import Traffic
+
 # Weight of the newest sample in the response-time moving average; 1/8 is TCP's SRTT gain
 # (RFC 6298 §2.3, alpha = 1/8).
 LATENCY_EWMA_GAIN = 0.125
@@ -39,6 +41,7 @@ class Server:
         "name", "host", "port", "weight", "up", "inflight", "total", "failures", "latency", "conns",
         "idle_conns", "pool_name", "index", "base_weight", "agent_pct", "ramp", "credit", "healthy",
         "admin", "since", "maxconn", "queued", "backup", "errors", "retries", "redispatches",
+        "traffic",
     )
 
     def __init__(self, name: str, host: str, port: int, weight: int = 1, pool_name: str = "",
@@ -65,6 +68,7 @@ class Server:
         self.retries = 0  # requests re-sent elsewhere after failing on this server
         self.redispatches = 0  # requests sent here after failing elsewhere
         self.latency = 0.0  # EWMA of time to response head, seconds
+        self.traffic = Traffic()  # requests that ended here: statuses, bytes, durations, cache
         self.conns = 0  # open upstream connections (busy + idle)
         self.idle_conns = 0
         self.pool_name = pool_name
@@ -121,7 +125,7 @@ class Server:
             "consecutive_errors": self.errors, "retries": self.retries,
             "redispatches": self.redispatches,
             "latency_ms": round(self.latency * 1000, 3), "conns": self.conns,
-            "idle_conns": self.idle_conns,
+            "idle_conns": self.idle_conns, "traffic": self.traffic.snapshot(),
         }
 
     def __repr__(self) -> str:

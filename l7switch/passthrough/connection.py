@@ -62,6 +62,7 @@ class PassthroughConnection(asyncio.Protocol):
     def __init__(self, switch: SwitchState, listener: ListenerSpec) -> None:
         self.switch = switch
         self.listener = listener
+        switch.traffic_of(listener.address).connections += 1
         self.transport: asyncio.Transport | None = None
         self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.peer_ip = ""

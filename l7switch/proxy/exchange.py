@@ -110,6 +110,7 @@ class Exchange:
         # for the access log (proxy/accesslog.py): when the head began and was sent up, the
         # connect began, the response head came; time queued; response bytes; who ended it
         "t_head", "t_sent", "t_connect", "t_resp", "t_queued", "waited", "resp_bytes", "term",
+        "cache",  # what the server said of its cache (stats.CACHE_*), for the monitor
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
@@ -157,6 +158,7 @@ class Exchange:
         self.buffered = 0  # body bytes counted in state.buffered while BUFFERING
         self.t_head = self.t_sent = self.t_connect = self.t_resp = self.t_queued = self.waited = 0.0
         self.resp_bytes = 0
+        self.cache = 0
         self.term = ""  # set where a failure is not the switch's own answer ("client", "server")
 
     @property
@@ -483,7 +485,7 @@ class Exchange:
             self.resp_close = True
             if up is not None:
                 up.keep_alive = False
-        framing, self.resp_chunked, self.resp_eof, self.no_body, self.resp_close, length = \
+        framing, self.resp_chunked, self.resp_eof, self.no_body, self.resp_close, length, self.cache = \
             response_framing(self.head.method, self.head.version, status, headers, self.resp_close)
         if self.resp_eof and up is not None:
             up.keep_alive = False  # the body ends with the connection
@@ -620,6 +622,7 @@ class Exchange:
         if self.phase == DONE:
             return
         self.phase = DONE
+        self._account(self.status)
         self._end_server()
         self.up = None  # the tunnel has closed it
         self.client.exchange_finished(self, None, "", True)
@@ -752,6 +755,7 @@ class Exchange:
         self._leave_queue()  # at once
         if self.phase != DONE:
             self.phase = DONE
+            self._account(self.status)
             access = self.state.access
             if access is not None:
                 access.exchange(self, self.status, self.term or "client")
@@ -797,16 +801,29 @@ class Exchange:
             else:
                 self.client.flow.unlink()
                 up.close()
+        status = self.status if error is None else error.status
+        self._account(status)
         access = self.state.access
         if access is not None:
             if error is None:
-                access.exchange(self, self.status, self.term or "-")
+                access.exchange(self, status, self.term or "-")
             else:
-                access.exchange(self, error.status, self.term or ERROR_TERM.get(error.status, "switch"))
+                access.exchange(self, status, self.term or ERROR_TERM.get(error.status, "switch"))
         # After the release: a request waiting for this server takes the warm connection.
         self._end_server()
         self.client.exchange_finished(self, error, self.request_id if error is not None else "",
                                       close or self.resp_close or not self.req_done)
+
+    def _account(self, status: int) -> None:
+        """The request has ended: counted for its server (or its pool, when no server took it)
+        and its listener (stats.py; the monitor and /metrics read these)."""
+        body = self.body
+        received = body.received if body is not None else 0
+        seconds = time.monotonic() - (self.t_head or self.t0)
+        server = self.server
+        (server.traffic if server is not None else self.pool.unserved).record(
+            status, received, self.resp_bytes, seconds, self.cache)
+        self.client.traffic.record(status, received, self.resp_bytes, seconds, self.cache)
 
     # ---- introspection ------------------------------------------------------------------------------
     def _where(self) -> str:

@@ -74,7 +74,7 @@ class ClientConnection(asyncio.Protocol):
         "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed", "closing_after",
         "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "feeding", "tls",
-        "skip_head", "resume_body", "guard_key", "pace", "held", "peer_port", "listener",
+        "skip_head", "resume_body", "guard_key", "pace", "held", "peer_port", "listener", "traffic",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
@@ -87,6 +87,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = ""
         self.peer_port = 0
         self.listener = listener.address if listener is not None else ""  # for the access log
+        self.traffic = switch.traffic_of(self.listener)
+        self.traffic.connections += 1
         self.deadline = 0.0
         self.state = IDLE
         self.exchange: Exchange | None = None  # the exchange being answered

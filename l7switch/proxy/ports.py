@@ -8,6 +8,8 @@ upstream -> ports — as h11 and httpcore keep their state machines free of thei
 
 from __future__ import annotations
 
+from ..stats import Traffic
+
 from typing import Any, Protocol
 
 from ..errors import L7Error
@@ -51,6 +53,7 @@ class ClientPort(Protocol):
     peer_ip: str
     peer_port: int
     listener: str  # the listener's address, for the access log
+    traffic: Traffic  # the listener's counters (stats.py)
     proto: bytes  # what X-Forwarded-Proto says: b"http" or b"https"
     tls: bool  # TLS terminated here: its socket carries ciphertext, so nothing splices it
     closing_after: bool  # the connection closes once what was asked is answered

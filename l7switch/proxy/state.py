@@ -32,6 +32,7 @@ from ..guard.clients import ClientTable
 from ..http.rules import Router
 from ..net.clock import Clock, Timed, tick_for
 from ..net.ratelog import RateLimited
+from ..stats import Traffic
 from ..spec import Config, LogSpec
 from .accesslog import AccessLog
 from .upstream import ConnectionPool
@@ -213,7 +214,7 @@ class SwitchState:
     __slots__ = ("current", "clock", "tables", "clients", "tasks", "loop", "draining", "requests",
                  "id_prefix", "id_bytes", "max_connections", "crowded_at", "resume_at", "paused", "accept", "guard",
                  "idle", "fresh", "first", "refusals_log", "rate_log", "buffered", "access",
-                 "_access_job", "peers")
+                 "_access_job", "peers", "listeners")
 
     def __init__(self, config: Config, tables: Tables | None = None, peers: int = 1) -> None:
         t = config.timeouts
@@ -225,6 +226,8 @@ class SwitchState:
         self.tables = tables if tables is not None else Tables()
         #: Worker processes serving the same listeners, each with its own state (workers: N).
         self.peers = peers
+        #: Counters per listener address (stats.py), kept across reloads like the address.
+        self.listeners: dict[str, Traffic] = {}
         self.current = Generation(config, self.tables, self.clock, self.spawn, peers)
         self.clients: set[Client] = set()
         # Tasks exist only for new server connections; asyncio keeps tasks weakly, so we hold them.
@@ -407,6 +410,13 @@ class SwitchState:
         if self.guard is not None:
             snap["per_client"] = self.guard.snapshot()
         return snap
+
+    def traffic_of(self, listener: str) -> Traffic:
+        """A listener's counters (made on its first connection)."""
+        traffic = self.listeners.get(listener)
+        if traffic is None:
+            traffic = self.listeners[listener] = Traffic()
+        return traffic
 
     def reconfigure(self, config: Config) -> tuple[Generation, dict[str, list[str]]]:
         """A reload: the next generation becomes current (new requests use it; those in flight

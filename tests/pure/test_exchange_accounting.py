@@ -11,6 +11,7 @@ import types
 from l7switch.config import parse_config
 from l7switch.errors import ServiceUnavailable
 from l7switch.http.message import check_request
+from l7switch.stats import Traffic
 from l7switch.proxy.exchange import DONE, Exchange
 from l7switch.proxy.state import SwitchState
 
@@ -19,7 +20,7 @@ def test_connect_failure_after_client_left_does_not_double_count() -> None:
     config = parse_config("listen: [127.0.0.1:0]\npools: {p: {servers: [127.0.0.1:9]}}\ndefault_pool: p\n")
     state = SwitchState(config)
     pool = state.current.pools["p"]
-    client = types.SimpleNamespace(peer_ip="127.0.0.1")
+    client = types.SimpleNamespace(peer_ip="127.0.0.1", traffic=Traffic())
     head = check_request(b"GET", b"/", [(b"host", b"h")], "1.1", True, False)
     ex = Exchange(client, state.current, state, head, pool, "default")  # type: ignore[arg-type]
     server = pool.servers[0]

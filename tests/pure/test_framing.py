@@ -6,6 +6,7 @@ import pytest
 
 from l7switch.errors import BadRequest
 from l7switch.http.framing import response_framing
+from l7switch.stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
 
 CL = [(b"content-length", b"5")]
 TE = [(b"transfer-encoding", b"chunked")]
@@ -35,7 +36,21 @@ CASES = [
 
 @pytest.mark.parametrize("args,want", CASES)
 def test_response_framing(args, want) -> None:
-    assert response_framing(*args) == want
+    assert response_framing(*args) == (*want, CACHE_UNKNOWN)
+
+
+@pytest.mark.parametrize("headers,verdict", [
+    ([(b"x-cache", b"HIT")], CACHE_HIT),
+    ([(b"x-cache", b"MISS")], CACHE_MISS),
+    ([(b"x-cache", b"TCP_HIT from squid")], CACHE_HIT),
+    ([(b"x-cache", b"miss, HIT")], CACHE_MISS),  # the first is the cache nearest to us
+    ([(b"age", b"12")], CACHE_HIT),  # only a cache sends Age (RFC 9111 §5.1)
+    ([(b"age", b"12"), (b"x-cache", b"MISS")], CACHE_MISS),  # X-Cache says more
+    ([(b"x-cache", b"PASS")], CACHE_UNKNOWN),
+    ([(b"server", b"hit")], CACHE_UNKNOWN),
+])
+def test_cache_verdict(headers, verdict) -> None:
+    assert response_framing(b"GET", "1.1", 200, CL + headers, False)[6] == verdict
 
 
 def test_bad_content_length_is_refused() -> None:

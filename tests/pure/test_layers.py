@@ -20,7 +20,7 @@ ROOT = "l7switch"
 # Lowest first. A module may import from its own sub-package or from a lower layer; two
 # sub-packages of one layer may not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("spec", "errors", "units", "version"),
+    ("spec", "errors", "units", "version", "stats"),
     ("http",),
     ("balance", "net"),
     ("guard",),  # per-client limits: keys are balance/persistence.source_key

@@ -324,7 +324,7 @@ def test_lard_replicate_grows_a_set_and_shrinks_it_after_k() -> None:
     load(ss, 4, 0, 5)
     assert sched.pick("/a") is ss[0]  # least loaded member; s1 is not one
     assert sched.snapshot() | {"options": None} == {
-        "name": "lard", "options": None, "entries": 1, "placement": "load", "mean_set_size": 2.0}
+        "name": "lard", "options": None, "entries": 1, "placement": "load", "keys": {"s0": 1, "s2": 1}, "mean_set_size": 2.0}
     load(ss, 10, 6, 10)  # the least loaded member at 2 * t_high: the least loaded server joins
     assert sched.pick("/a") is ss[1]
     assert sched.snapshot()["mean_set_size"] == 3

@@ -356,6 +356,12 @@ class LocalityScheduler(Scheduler):
         live = self.table.live(self.clock())
         snap["entries"] = len(live)
         snap["placement"] = "hash" if self.hashed else "load"  # in force (auto resolved)
+        # Keys per server (a key of a set counts for each member): the monitor's locality view.
+        owners: dict[str, int] = {}
+        for v in live:
+            for s in (v.members if isinstance(v, ServerSet) else (v,)):
+                owners[s.name] = owners.get(s.name, 0) + 1
+        snap["keys"] = owners
         if self.uses_sets:
             snap["mean_set_size"] = (
                 round(sum(len(s.members) for s in live) / len(live), 3) if live else 0.0)

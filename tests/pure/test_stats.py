@@ -1,0 +1,46 @@
+"""Traffic counters, histogram quantiles and the merge of several workers' snapshots (stats.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from l7switch.stats import BOUNDS, CACHE_HIT, CACHE_MISS, Traffic, merge, quantile
+
+
+def test_record_counts_classes_bytes_cache_and_buckets() -> None:
+    t = Traffic()
+    t.record(200, 10, 100, 0.002, CACHE_HIT)
+    t.record(503, 0, 30, 0.0001, 0)
+    t.record(0, 5, 0, 70.0, CACHE_MISS)  # the client left before any answer; slower than the top
+    snap = t.snapshot()
+    assert snap["requests"] == 3 and snap["classes"] == [1, 0, 1, 0, 0, 1]
+    assert (snap["bytes_in"], snap["bytes_out"], snap["hits"], snap["misses"]) == (15, 130, 1, 1)
+    assert snap["buckets"][0] == 1 and snap["buckets"][-1] == 1 and sum(snap["buckets"]) == 3
+    assert snap["seconds"] == pytest.approx(70.0021)
+
+
+def test_quantile_interpolates_inside_a_bucket() -> None:
+    assert quantile(0.5, [0] * (len(BOUNDS) + 1)) is None
+    buckets = [0] * (len(BOUNDS) + 1)
+    i = BOUNDS.index(0.01)  # the bucket (0.006, 0.01]
+    buckets[i] = 100
+    assert quantile(0.5, buckets) == pytest.approx(0.008)
+    assert quantile(0.99, buckets) == pytest.approx(0.006 + 0.004 * 0.99)
+    buckets[-1] = 100  # half the requests above the top bound
+    assert quantile(0.99, buckets) == BOUNDS[-1]
+
+
+def test_merge_adds_counts_keeps_descriptions_and_averages_latency() -> None:
+    a = {"pools": {"web": {"servers": {"s1": {"state": "up", "weight": 3, "inflight": 2, "latency_ms": 4.0,
+                                              "traffic": {"requests": 5, "classes": [0, 0, 5, 0, 0, 0]}}}}},
+         "uptime_s": 10.0}
+    b = {"pools": {"web": {"servers": {"s1": {"state": "up", "weight": 3, "inflight": 1, "latency_ms": 2.0,
+                                              "traffic": {"requests": 7, "classes": [0, 0, 6, 0, 1, 0]}},
+                                       "s2": {"state": "down", "weight": 1, "inflight": 0}}}},
+         "uptime_s": 10.5}
+    m = merge([a, b])
+    s1 = m["pools"]["web"]["servers"]["s1"]
+    assert s1["weight"] == 3 and s1["state"] == "up" and s1["inflight"] == 3 and s1["latency_ms"] == 3.0
+    assert s1["traffic"] == {"requests": 12, "classes": [0, 0, 11, 0, 1, 0]}
+    assert m["pools"]["web"]["servers"]["s2"]["state"] == "down"  # only one worker had it
+    assert m["uptime_s"] == 10.0
