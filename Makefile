@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test typecheck test-pure test-sockets check bench clean
+.PHONY: run test typecheck test-pure test-sockets check bench screenshots clean
 
 $(BIN)/l7switch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ check: $(BIN)/l7switch
 
 bench: $(BIN)/l7switch
 	$(BIN)/python bench/run.py
+
+# The monitor's pictures in README (needs chromium and chromedriver, as the browser tests do).
+screenshots: $(BIN)/l7switch
+	$(BIN)/python -m l7switch.devtools.screenshots --out docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

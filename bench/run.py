@@ -32,6 +32,8 @@ ALL_PROXIES = ("direct", "haproxy", "nginx", "l7switch")
 BASELINE = "l7switch@base"  # --baseline DIR: another l7switch source tree, measured in the same run
 BASELINE_DIR: Path | None = None
 LOGGED = "l7switch+log"  # --access-log FORMAT: l7switch with its access log to a file, same run
+MONITORED = "l7switch+mon"  # --monitor: l7switch watched by the monitor in chromium and a scraper
+MON_PORTS: dict[str, int] = {}
 #: --workers N: l7switch with ``workers: N`` and HAProxy with ``nbthread N``, beside the one-process ones
 STEERING = "address"  # --worker-steering
 ACCESS_FORMAT = "combined"
@@ -135,6 +137,14 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
         if name == LOGGED:
             with cfg.open("a") as f:
                 f.write(f"log: {{access: {tmp / 'access.log'}, format: {ACCESS_FORMAT}}}\n")
+        if name == MONITORED:
+            import monitor_load
+
+            monitor_load.write_users(tmp / "monitor-users")
+            MON_PORTS.update(monitor=bl.free_port(), metrics=bl.free_port())
+            with cfg.open("a") as f:
+                f.write(f"monitor: {{listen: 127.0.0.1:{MON_PORTS['monitor']}, users: {tmp / 'monitor-users'}, "
+                        f"insecure: true}}\nmetrics: {{listen: 127.0.0.1:{MON_PORTS['metrics']}}}\n")
         if name.startswith("l7switch-x"):
             with cfg.open("a") as f:
                 f.write(f"workers: {name.rpartition('-x')[2]}\nadmin: off\nworker_steering: {STEERING}\n")
@@ -333,6 +343,9 @@ def main() -> int:
     ap.add_argument("--access-log", choices=("combined", "json"), metavar="FORMAT",
                     help="also measure l7switch with its access log to a file (combined or json), "
                          f"as '{LOGGED}', in the same run")
+    ap.add_argument("--monitor", action="store_true",
+                    help=f"also measure l7switch with the monitor open in headless chromium and /metrics "
+                         f"scraped every second, as '{MONITORED}' (the browser runs through the whole run)")
     ap.add_argument("--workers", type=int, default=0, metavar="N",
                     help="also measure l7switch with workers: N and HAProxy with nbthread N "
                          "(as l7switch-xN, haproxy-xN), in the same run")
@@ -361,6 +374,8 @@ def main() -> int:
             proxies.insert(proxies.index("haproxy") + 1, f"haproxy-x{args.workers}")
         if "l7switch" in proxies:
             proxies.insert(proxies.index("l7switch") + 1, f"l7switch-x{args.workers}")
+    if args.monitor:
+        proxies.insert(proxies.index("l7switch") + 1 if "l7switch" in proxies else len(proxies), MONITORED)
     if args.access_log:
         ACCESS_FORMAT = args.access_log
         proxies.insert(proxies.index("l7switch") + 1 if "l7switch" in proxies else len(proxies), LOGGED)
@@ -394,6 +409,13 @@ def main() -> int:
                 print(f"# {p}: {err}", file=sys.stderr)
             else:
                 started[p] = (port, pid or origin_pid)
+        stop_watching = None
+        if MONITORED in started:
+            import monitor_load
+
+            stop_watching, err = monitor_load.start(MON_PORTS["monitor"], MON_PORTS["metrics"])
+            if err:
+                print(f"# {MONITORED}: {err}", file=sys.stderr)
         for size in sizes:
             runs: dict[str, list[Row]] = {p: [] for p in proxies}
             # Repetitions are interleaved across proxies so slow drift in background
@@ -414,6 +436,8 @@ def main() -> int:
                           f"errors={row.errors or row.failure or 'none'}", file=sys.stderr)
             for p in proxies:
                 rows.append(Row(size, p, failure=failures[p]) if p in failures else median_run(runs[p]))
+        if stop_watching is not None:
+            print(f"# {MONITORED}: watched throughout: {stop_watching()}", file=sys.stderr)
     except KeyboardInterrupt:
         print("# interrupted; cleaning up", file=sys.stderr)
         return 130

@@ -90,6 +90,15 @@ class GatewayTimeout(L7Error):
     close = False
 
 
+# ---- operations ---------------------------------------------------------------------------------
+
+class AdminError(Exception):
+    """An admin command (``l7switch ctl``, a monitor action) that cannot be done: the message says
+    why and what was probably meant. ``ctl`` prints it and exits 1; the monitor answers 400."""
+
+    status = 400
+
+
 # ---- configuration ------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

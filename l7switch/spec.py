@@ -263,6 +263,26 @@ class AdminSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorSpec:
+    """The browser monitor (l7switch/monitor/): its own listener, behind TLS and a login."""
+    host: str
+    port: int
+    users: str  # the file of user:role:hash lines (``l7switch passwd``), resolved
+    tls: TLSSpec | None = None  # required unless ``insecure``
+    insecure: bool = False  # plain HTTP, said out loud (a test bench on loopback)
+    # How long a login lasts without use; HAProxy's stats page has no sessions at all, Grafana
+    # keeps one 7 days: a working day is a middle.
+    session_timeout: float = 8 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSpec:
+    """Prometheus ``/metrics`` on its own listener, no auth: bind it where only scrapers reach."""
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     listeners: tuple[ListenerSpec, ...]
@@ -276,6 +296,8 @@ class Config:
     log: LogSpec = field(default_factory=LogSpec)
     admin: AdminSpec = field(default_factory=AdminSpec)
     tests: tuple[RouteTest, ...] = ()
+    monitor: MonitorSpec | None = None
+    metrics: MetricsSpec | None = None
     # How long requests and tunnels of a configuration a reload replaced (or of a stopping
     # switch) may go on before their connections are cut: HAProxy's hard-stop-after, which has
     # no default there; 30 s is Kubernetes' default termination grace period.

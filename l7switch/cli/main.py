@@ -126,6 +126,40 @@ def _workers_arg(text: str) -> int:
     return n
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """``l7switch passwd FILE USER [--role admin|viewer]``: add a monitor user or change one."""
+    import getpass
+
+    from ..config.users import MAX_PASSWORD, check_name, set_user
+
+    why = check_name(args.user)
+    if why is not None:
+        print(f"l7switch passwd: {why}", file=sys.stderr)
+        return 1
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        try:
+            password = getpass.getpass(f"password for {args.user}: ")
+            if getpass.getpass("again: ") != password:
+                print("l7switch passwd: the two passwords differ; nothing changed", file=sys.stderr)
+                return 1
+        except EOFError:
+            print("l7switch passwd: no terminal to read the password from (use --password-stdin)",
+                  file=sys.stderr)
+            return 1
+    if not password or len(password) > MAX_PASSWORD:
+        print(f"l7switch passwd: a password is 1 to {MAX_PASSWORD} characters", file=sys.stderr)
+        return 1
+    try:
+        new = set_user(args.file, args.user, args.role, password)
+    except OSError as exc:
+        print(f"l7switch passwd: cannot write {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{'added' if new else 'changed'} {args.user} ({args.role}) in {args.file}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..devtools.demo import main as demo_main
 
@@ -174,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=cmd_explain)
 
     add_ctl(sub)
+
+    passwd = sub.add_parser("passwd", help="add or change a user of the monitor (a users file)")
+    passwd.add_argument("file", metavar="FILE", help="the users file (monitor.users); made if missing")
+    passwd.add_argument("user", metavar="USER")
+    passwd.add_argument("--role", choices=("admin", "viewer"), default="viewer",
+                        help="admin may drain, disable, enable and set weights; viewer only sees (default)")
+    passwd.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin (scripts), not the terminal")
+    passwd.set_defaults(func=cmd_passwd)
 
     demo = sub.add_parser("demo", help="start a switch with demo origin servers")
     demo.add_argument("--port", type=int, default=8080, help="switch port (default 8080)")

@@ -25,6 +25,7 @@ from . import health
 from . import protect
 from .listen import Listen, check_pool_use, parse_listen
 from .logs import parse_admin, parse_log
+from .monitor import parse_metrics, parse_monitor
 from .selftests import parse_tests, run_tests
 from .matches import parse_rules
 from .persist import check_cookie_names, parse_persistence, server_cookie
@@ -32,7 +33,7 @@ from .yamlnodes import (Issues, address, boolean, compose, did_you_mean, duratio
                         is_ip, is_null, kind, mapping, nonempty_text, plain_value, record, size)
 
 TOP_KEYS = ("listen", "pools", "rules", "default_pool", "timeouts", "limits", "upstream", "splice", "log",
-            "admin", "tests", "hard_stop_after", "workers", "worker_steering")
+            "admin", "tests", "hard_stop_after", "workers", "worker_steering", "monitor", "metrics")
 POOL_KEYS = ("scheduler", "scheduler_options", "servers", "persistence", *health.POOL_KEYS)
 SERVER_KEYS = ("address", "weight", "name", "cookie", "resolve", *health.SERVER_KEYS)
 # When a server's host name must resolve: at check time (as HAProxy and nginx refuse to start on
@@ -133,6 +134,8 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     log_spec = section("log", lambda n, i: parse_log(n, i, filename), LogSpec())
     admin = section("admin", lambda n, i: parse_admin(n, i, filename), AdminSpec())
     tests = section("tests", parse_tests, ())
+    monitor = section("monitor", lambda n, i: parse_monitor(n, i, filename), None)
+    metrics = section("metrics", lambda n, i: parse_metrics(n, i, filename), None)
     hard_stop_after = section("hard_stop_after", lambda n, i: duration(n, "hard_stop_after", i), 30.0)
     workers = section("workers", _workers, 1)
     steering = section("worker_steering", _steering, "address")
@@ -145,7 +148,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         path=filename, listeners=tuple(listen.specs), pools=types.MappingProxyType(pools),
         rules=rule_list, default_pool=default_pool, timeouts=timeouts,
         limits=limits, upstream=upstream, splice=splice, log=log_spec,
-        admin=admin, tests=tests, hard_stop_after=hard_stop_after, workers=workers,
+        admin=admin, tests=tests, monitor=monitor, metrics=metrics, hard_stop_after=hard_stop_after, workers=workers,
         worker_steering=steering,
     )
 

@@ -30,7 +30,7 @@ from ..balance.pool import ServerPool
 from ..checks.checker import pool_deliver
 from ..balance.servers import DRAIN, MAINT, READY, Server
 from ..config import load_config
-from ..errors import ConfigError
+from ..errors import AdminError, ConfigError
 from ..config.yamlnodes import parse_address
 from ..guard.clients import describe
 from ..spec import Config, ServerSpec
@@ -40,10 +40,6 @@ log = logging.getLogger("l7switch")
 
 MAX_REQUEST = 64 * 1024  # one command line; anything longer is not a command
 CLIENT_TIMEOUT = 10.0  # seconds a ctl connection may take to send its command
-
-
-class AdminError(Exception):
-    """A command that cannot be done: the message says why (and what was probably meant)."""
 
 
 def default_socket() -> str:
@@ -77,6 +73,7 @@ class Admin:
             "enable": self.enable, "reload": self.reload, "check": self.check,
             "show client": self.show_client, "add server": self.add_server,
             "remove server": self.remove_server, "internal checks": self.internal_checks,
+            "internal stats": self.internal_stats,
         }
         #: Servers added and removed at run time, by (pool, name): laid over every configuration
         #: read from the file (a reload keeps them), unless the file changed that server.
@@ -120,7 +117,7 @@ class Admin:
         for name, pool in self._pools().items():
             persist = pool.persistence or pool.hello_persistence
             rows.append({"pool": name, "scheduler": pool.scheduler.label(),
-                         "persistence": persist.snapshot().get("kind") if persist is not None else None,
+                         "persistence": persist.snapshot().get("method") if persist is not None else None,
                          "servers": len(pool.servers), "backups": len(pool.backups),
                          "available": sum(1 for s in pool.servers if s.available),
                          "inflight": sum(s.inflight for s in pool.all_servers), "queued": pool.queue.count,
@@ -152,6 +149,37 @@ class Admin:
                 "reloads_refused": reloader.failed if reloader is not None else 0,
                 "listeners": [f"{h}:{p}" for h, p in sw.addresses], "clients": len(sw.state.clients),
                 "requests": sw.state.requests}
+
+    async def internal_stats(self, args: list[str]) -> dict[str, Any]:
+        """What the monitor and /metrics show, in a shape ``stats.merge`` adds up across workers:
+        per pool its servers by name (state, weights, check, in-flight, traffic counters) and
+        per listener its counters."""
+        sw = self.switch
+        info = await self.show_info([])
+        pools: dict[str, Any] = {}
+        for name, pool in self._pools().items():
+            snap = pool.snapshot()
+            sched = snap["scheduler"]
+            persist = snap["persistence"]
+            servers: dict[str, Any] = {}
+            for s in snap["servers"]:
+                check = s.pop("check")
+                last = check.get("last") if check is not None else None
+                s["check"] = None if check is None else {
+                    "healthy": check["healthy"], "ok": last["ok"] if last else None,
+                    "detail": last["detail"] if last else "not checked yet", "ms": last["ms"] if last else None}
+                s.pop("agent", None)
+                servers[s.pop("name")] = s
+            pools[name] = {
+                "scheduler": pool.scheduler.label(), "persistence": persist.get("method") if persist else None,
+                "persistence_entries": persist.get("entries", 0) if persist else 0,
+                "keys": sched.get("keys"), "queued": pool.queue.count, "retries": pool.retries,
+                "unserved": pool.unserved.snapshot(), "servers": servers,
+            }
+        return {"version": __version__, "uptime_s": info["uptime_s"], "workers": 1,
+                "config": info["config"], "loaded_at": info["loaded_at"], "clients": len(sw.state.clients),
+                "listeners": {addr: t.snapshot() for addr, t in sw.state.listeners.items()},
+                "pools": pools}
 
     async def show_client(self, args: list[str]) -> list[str]:
         """What the per-client limits say about one client address now (explain --client --live)."""

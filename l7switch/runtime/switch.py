@@ -29,6 +29,7 @@ from ..passthrough.connection import PassthroughConnection
 from ..proxy.frontend import ClientConnection
 from ..proxy.state import Generation, SwitchState
 from ..spec import Config, ListenerSpec
+from ..monitor import Observers
 from .admin import Admin, AdminServer, default_socket
 from .listeners import Listener, Listeners
 from .reload import Reloader
@@ -82,6 +83,9 @@ class Switch:
         self.admin = Admin(self)  # the operations of ``l7switch ctl`` (runtime/admin.py)
         self.file_config = config  # the last configuration read from the file (ctl's changes apart)
         self.admin_server: AdminServer | None = None
+        #: The monitor and /metrics (monitor/); a worker leaves them to its master.
+        self.observers = Observers(self.admin)
+        self.observe = True
 
     def _tick_pools(self, now: float) -> None:
         """``ServerPool.tick`` for the current pools (ejections ending, slow start, queues)."""
@@ -126,6 +130,16 @@ class Switch:
             raise
         self._set_cap()
         await self._open_admin()
+        if self.observe:
+            try:
+                await self.observers.start(self.config)
+            except OSError as exc:
+                await self.observers.stop()
+                self.accept.close()
+                self.accept = Listeners()
+                if self.admin_server is not None:
+                    await self.admin_server.stop()
+                raise ListenError(f"cannot open the monitor or metrics listener: {_why(exc)}") from None
         self.state.accept = self.accept
         self.state.clock.start()
         self.state.current.defer_builds(self.defer_build)
@@ -244,6 +258,8 @@ class Switch:
             await self.checker.stop()
             self.checker = None
         self._start_checks(config)
+        if self.observe:
+            await self.observers.apply(config)
         asyncio.get_running_loop().call_later(config.hard_stop_after, self._cut, old)
         return {"opened": [new_specs[k].address for k in opened], "changed": changed, "closed": closed,
                 "pools": sorted(self.state.current.pools), "kept_servers": kept}
@@ -286,6 +302,7 @@ class Switch:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), then close all."""
         state = self.state
         state.draining = True
+        await self.observers.stop()
         if self.admin_server is not None:
             await self.admin_server.stop()
         if self.checker is not None:
@@ -387,6 +404,7 @@ def run(config: Config, log_level: str = "info", inherited: dict[str, list[socke
             switch.default_admin = default_socket()
         else:
             switch.checks_elsewhere = bool(config.admin.socket)  # (no socket: it probes itself)
+            switch.observe = False  # the master runs the monitor and /metrics
         try:
             await switch.start()
         except ListenError as exc:

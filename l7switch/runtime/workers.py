@@ -44,9 +44,11 @@ from typing import Any
 from ..balance.health import AgentReply, CheckResult
 from ..checks.checker import HealthChecker, needs_checker
 from ..config import load_config
-from ..errors import ConfigError
+from ..errors import AdminError, ConfigError
+from ..monitor import Observers
+from ..stats import merge as merge_stats
 from ..spec import Config
-from .admin import AdminError, check_file, default_socket
+from .admin import check_file, default_socket
 
 log = logging.getLogger("l7switch")
 
@@ -130,6 +132,7 @@ class Master:
         self.generation = 0  # of workers: +1 each time a reload replaces them all
         self.results: list[list[Any]] = []  # check results not yet sent to the workers
         self.flushing = False
+        self.observers = Observers(self)  # the monitor and /metrics: the master's, for all workers
 
     # ---- workers ----------------------------------------------------------------------------------
     def spawn(self, slot: int) -> None:
@@ -222,6 +225,7 @@ class Master:
         await self.stop_checks()
         self.start_checks()
         self.signal_workers(signal.SIGHUP)
+        await self.observers.apply(config)
         self.reloads += 1
         self.loaded_at = time.time()
         log.info("reload of %s: the %d workers reload it", config.path, self.slots)
@@ -255,6 +259,7 @@ class Master:
             for s in group:
                 s.close()
         self.start_checks()
+        await self.observers.apply(config)
         self.reloads += 1
         self.loaded_at = time.time()
         log.info("reload of %s: listeners changed (opened %s, closed %s); new workers started, the old "
@@ -279,6 +284,12 @@ class Master:
         errors = [r.get("error") for r in replies if not r.get("ok")]
         if errors:
             raise AdminError(str(errors[0]))
+        if args == ["internal", "stats"]:
+            # Counters add up (stats.merge); what describes the switch is the master's.
+            merged = merge_stats([r.get("result") for r in replies])
+            merged.update(uptime_s=round(time.time() - self.started, 1), workers=self.slots,
+                          loaded_at=time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(self.loaded_at)))
+            return merged
         return merge([r.get("result") for r in replies])
 
     async def _ask(self, slot: int, args: list[str]) -> dict[str, Any]:
@@ -365,6 +376,17 @@ def run_master(config: Config, slots: int, log_level: str = "info") -> int:
             except OSError as exc:
                 log.warning("no admin socket %s: %s", master.admin_path, exc.strerror or exc)
                 master.admin_path, server = "", None
+        if (config.monitor is not None or config.metrics is not None) and not master.admin_path:
+            log.warning("the monitor and /metrics read the workers through their admin sockets: "
+                        "with admin: off they show nothing")
+        try:
+            await master.observers.start(config)
+        except OSError as exc:
+            log.error("cannot open the monitor or metrics listener: %s", exc.strerror or exc)
+            await master.observers.stop()
+            if server is not None:
+                await server.stop()
+            return 1
         for slot in range(slots):
             master.spawn(slot)
         master.start_checks()
@@ -379,6 +401,7 @@ def run_master(config: Config, slots: int, log_level: str = "info") -> int:
         supervisor = loop.create_task(master.supervise())
         await stop.wait()
         log.info("stopping: the workers finish their requests")
+        await master.observers.stop()
         await master.stop_checks()
         await master.stop()
         supervisor.cancel()

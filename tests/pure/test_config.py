@@ -220,7 +220,7 @@ ERROR_CASES = [
     (MINIMAL + "timeouts: {conect: 1s}\n",
      "f.yaml:4:12: timeouts: unknown key 'conect'; did you mean 'connect'?"),
     (MINIMAL + "zzz: 1\n", "f.yaml:4:1: unknown top-level key 'zzz'; expected one of: admin, default_pool, hard_stop_after, limits, "
-                           "listen, log, pools, rules, splice, tests, timeouts, upstream, worker_steering, workers"),
+                           "listen, log, metrics, monitor, pools, rules, splice, tests, timeouts, upstream, worker_steering, workers"),
     (MINIMAL.replace("{servers:", "{severs: [], servers:"),
      "f.yaml:2:15: pools.web: unknown key 'severs'; did you mean 'servers'?"),
     # duplicate keys

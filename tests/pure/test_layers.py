@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("proxy", "checks"),
     ("passthrough",),
+    ("monitor",),  # the browser monitor and /metrics: fed and acted on through runtime's admin commands
     ("runtime",),
     ("devtools",),  # origin servers for tests and the demo; not on the serving path
     ("cli",),

@@ -345,3 +345,41 @@ def _refused(port: int) -> bool:
         return False
     except ConnectionRefusedError:
         return True
+
+
+def test_the_master_serves_the_monitor_and_metrics_for_all_workers(tmp_path, master):
+    """With workers the master runs the monitor and /metrics and adds every worker's counters up:
+    40 requests spread by the kernel over 2 workers are 40 in /metrics and on the monitor."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_monitor import Client
+
+    from l7switch.config.users import set_user
+
+    set_user(str(tmp_path / "users"), "alice", "admin", "alice-pass")
+    ports = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        ports.append(s.getsockname()[1])
+        s.close()
+    p, port, sock, *_ = master(extra=f"worker_steering: connection\nmonitor: {{listen: 127.0.0.1:{ports[0]}, "
+                                     f"users: {tmp_path}/users, insecure: true}}\n"
+                                     f"metrics: {{listen: 127.0.0.1:{ports[1]}}}\n")
+    for _ in range(40):
+        _get(port)
+    per_worker = [sum(r["total"] for r in ctl(Path(f"{sock}.w{w}"), "show", "servers")) for w in (0, 1)]
+    assert all(n > 0 for n in per_worker), per_worker  # both workers served some
+    status, _, body = Client(ports[1]).request("GET", "/metrics")
+    assert status == 200
+    samples = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples]
+    served = sum(s.value for s in samples if s.name == "l7switch_server_requests_total" and s.labels["code"] == "2xx")
+    assert served >= 40 and [s.value for s in samples if s.name == "l7switch_workers"] == [2]
+    c = Client(ports[0])
+    assert c.login("alice", "alice-pass") == 303
+    assert wait_for(lambda: c.state()["stats"].get("workers") == 2, 5)
+    servers = c.state()["stats"]["pools"]["web"]["servers"]
+    assert sum(s["traffic"]["requests"] for s in servers.values()) >= 40
+    status, reply = c.act({"action": "drain", "server": "web/o0"}, c.csrf())
+    assert status == 200, reply
+    assert all(r["state"] == "drain" for w in (0, 1)
+               for r in ctl(Path(f"{sock}.w{w}"), "show", "servers") if r["server"] == "o0")
