@@ -71,7 +71,7 @@ def _login(d: webdriver.Chrome, base: str, user: str, password: str) -> None:
     d.find_element(By.ID, "login").click()
 
 
-def test_the_monitor_in_chromium(lt, tmp_path, monitored, driver):
+def test_the_monitor_in_chromium(lt, tmp_path, monitored, driver):  # noqa: F811
     sock = tmp_path / "admin.sock"
     sw, port, _, _ = monitored(tls=True, extra=f"admin: {{socket: {sock}}}\n")
     base = f"https://localhost:{port}"
