@@ -99,22 +99,23 @@ class Monitor:
             await self.server.stop()
             self.server = None
 
-    async def reconfigure(self, spec: MonitorSpec, header_timeout: float) -> None:
-        """A reload: new settings; the listener is reopened only if its address or TLS changed
-        (sessions survive either way)."""
-        moved = (spec.host, spec.port, spec.tls, spec.insecure) != (
-            self.spec.host, self.spec.port, self.spec.tls, self.spec.insecure)
+    def reconfigure(self, spec: MonitorSpec, header_timeout: float) -> None:
+        """A reload that keeps the monitor where it is: its new settings (session lifetime, the
+        users file, the header timeout) apply from now on."""
         self.spec = spec
         self.sessions.timeout = spec.session_timeout
         self.header_timeout = header_timeout
+        if self.server is not None:
+            self.server.header_timeout = header_timeout
         self._users_stamp = None  # read the users file again (it may be another one)
-        if moved and self.server is not None:
-            sampler, self._sampler = self._sampler, None
-            await self.server.stop()
-            self.server = None
-            if sampler is not None:
-                sampler.cancel()
-            await self.start()
+
+    def adopt(self, old: Monitor) -> None:
+        """A reload moved the monitor (address or TLS): what the old one knew goes on here."""
+        self.sessions, self.throttle, self.history = old.sessions, old.throttle, old.history
+        self.sessions.timeout = self.spec.session_timeout
+
+    def close_soon(self) -> None:
+        asyncio.get_running_loop().create_task(self.stop())
 
     @property
     def port(self) -> int:

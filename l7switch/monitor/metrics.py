@@ -175,6 +175,11 @@ class MetricsServer:
     async def stop(self) -> None:
         await self.server.stop()
 
+    def close_soon(self) -> None:
+        import asyncio
+
+        asyncio.get_running_loop().create_task(self.stop())
+
     @property
     def port(self) -> int:
         return self.server.port

@@ -229,6 +229,11 @@ class Switch:
             for key, spec in new_specs.items():
                 if key not in old_keys:
                     opened[key] = await self._listen(spec, config)
+            plan = await self.observers.prepare(config) if self.observe else None
+        except OSError as exc:  # (the monitor's or /metrics')
+            for listeners in opened.values():
+                self.accept.drop(listeners)
+            raise ListenError(f"cannot open the monitor or metrics listener: {_why(exc)}") from None
         except BaseException:
             for listeners in opened.values():
                 self.accept.drop(listeners)
@@ -258,8 +263,8 @@ class Switch:
             await self.checker.stop()
             self.checker = None
         self._start_checks(config)
-        if self.observe:
-            await self.observers.apply(config)
+        if plan is not None:
+            self.observers.commit(plan)
         asyncio.get_running_loop().call_later(config.hard_stop_after, self._cut, old)
         return {"opened": [new_specs[k].address for k in opened], "changed": changed, "closed": closed,
                 "pools": sorted(self.state.current.pools), "kept_servers": kept}

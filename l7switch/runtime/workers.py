@@ -218,6 +218,22 @@ class Master:
                 log.error("reload refused: %s", line)
             self.reloads_refused += 1
             raise AdminError("reload refused; still serving the previous configuration:\n" + "\n".join(errors))
+        try:
+            plan = await self.observers.prepare(config)
+        except OSError as exc:
+            self.reloads_refused += 1
+            msg = f"reload refused: cannot open the monitor or metrics listener: {exc.strerror or exc}"
+            log.error("%s", msg)
+            raise AdminError(msg) from None
+        try:
+            result = await self._reload(config)
+        except BaseException:
+            await self.observers.discard(plan)
+            raise
+        self.observers.commit(plan)
+        return result
+
+    async def _reload(self, config: Config) -> dict[str, Any]:
         keys = {f"{lst.host}:{lst.port}" for lst in config.listeners}
         if keys != set(self.sockets):
             return await self._replace_workers(config, keys)
@@ -225,7 +241,6 @@ class Master:
         await self.stop_checks()
         self.start_checks()
         self.signal_workers(signal.SIGHUP)
-        await self.observers.apply(config)
         self.reloads += 1
         self.loaded_at = time.time()
         log.info("reload of %s: the %d workers reload it", config.path, self.slots)
@@ -259,7 +274,6 @@ class Master:
             for s in group:
                 s.close()
         self.start_checks()
-        await self.observers.apply(config)
         self.reloads += 1
         self.loaded_at = time.time()
         log.info("reload of %s: listeners changed (opened %s, closed %s); new workers started, the old "

@@ -249,18 +249,47 @@ def test_metrics_parse_with_prometheus_client_and_follow_the_traffic(lt, monitor
     assert c.request("GET", "/")[0] == 404 and c.request("POST", "/metrics")[0] == 405
 
 
-def test_a_reload_keeps_sessions_and_can_move_or_drop_the_monitor(lt, tmp_path, monitored):
+def test_a_reload_keeps_sessions_moves_the_monitor_or_is_refused_whole(lt, tmp_path, monitored):
     from l7switch.config import parse_config
+    from l7switch.runtime.switch import ListenError
 
-    sw, port, metrics_port, ctx = monitored(tls=False)
+    sw, port, metrics_port, _ = monitored(tls=False)
     c = Client(port)
     assert c.login("alice", "alice-pass") == 303
-    cfg = sw.file_config
-    lt.run(sw.apply(cfg))  # the same file again: the monitor keeps its socket and sessions
+    lt.run(sw.apply(sw.file_config))  # the same file again: same socket, same sessions
     assert sw.observers.monitor.port == port and c.state()["user"] == "alice"
+
+    def config(monitor_port: int, metrics: bool = True):
+        return parse_config(
+            "listen: [{address: 127.0.0.1:0}]\npools: {web: {servers: [{address: 127.0.0.1:9, name: o1}]}}\n"
+            f"default_pool: web\nmonitor: {{listen: 127.0.0.1:{monitor_port}, users: {tmp_path}/users, "
+            "insecure: true}\n" + ("metrics: {listen: 127.0.0.1:0}\n" if metrics else ""), "<test>")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    with pytest.raises(ListenError, match="cannot open the monitor or metrics listener: address already in use"):
+        lt.run(sw.apply(config(busy.getsockname()[1])))
+    busy.close()
+    assert sw.observers.monitor.port == port and "web" in sw.state.current.pools  # nothing changed
+    assert c.state()["user"] == "alice"
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    new_port = free.getsockname()[1]
+    free.close()
+    lt.run(sw.apply(config(new_port, metrics=False)))  # moved: the login goes with it
+    assert sw.observers.monitor.port == new_port and sw.observers.metrics is None
+    c.port = new_port
+    assert c.state()["user"] == "alice"
+    assert wait_for(lambda: _refused(port), 5)
     bare = parse_config("listen: [{address: 127.0.0.1:0}]\npools: {web: {servers: [127.0.0.1:9]}}\n"
                         "default_pool: web\n", "<test>")
     lt.run(sw.apply(bare))
-    assert sw.observers.monitor is None and sw.observers.metrics is None
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=2)
+    assert sw.observers.monitor is None and wait_for(lambda: _refused(new_port), 5)
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return True
+    return False
