@@ -13,6 +13,7 @@ from ..stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
 from .message import parse_content_length
 
 NO_BODY_STATUS = (204, 304)
+_READ = frozenset((b"content-length", b"transfer-encoding", b"x-cache", b"age"))
 CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 
 #: response_framing's result: (the framing line(s) for the head, re-chunk the body, the body
@@ -34,6 +35,8 @@ def response_framing(method: bytes, version: str, status: int, headers: list[tup
     cache = CACHE_UNKNOWN
     age = False
     for name, value in headers:
+        if name not in _READ:  # (most fields: one set lookup instead of four comparisons)
+            continue
         if name == b"content-length":
             length = parse_content_length(value.split(b",")[0])
         elif name == b"transfer-encoding":
@@ -41,7 +44,7 @@ def response_framing(method: bytes, version: str, status: int, headers: list[tup
         elif name == b"x-cache":
             first = value.split(b",", 1)[0].upper()
             cache = CACHE_HIT if b"HIT" in first else CACHE_MISS if b"MISS" in first else cache
-        elif name == b"age":
+        else:  # age
             age = True
     if age and not cache:
         cache = CACHE_HIT
