@@ -30,8 +30,8 @@ from urllib.parse import urlencode
 
 import gevent
 from gevent.pool import Pool
-from loadcheck import (Want, account_problem, download_problem, form_echo_problem, image_problem, image_want,
-                       judge, page_images)
+from loadcheck import (Want, account_problem, download_problem, file_digest, form_echo_problem, image_problem,
+                       image_want, judge, page_images)
 from locust import FastHttpUser, between, events, task
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
@@ -71,6 +71,10 @@ class SiteUser(FastHttpUser):
     """Shared by the scenarios: one request, judged. Not run by itself (abstract)."""
     abstract = True
     host = "http://127.0.0.1:8080"
+    # Far below locust's 60 s defaults: a hung answer becomes a failure within the run's time
+    # instead of a user silently waiting past its end.
+    connection_timeout = 5.0
+    network_timeout = 10.0
 
     def fetch(self, method: str, path: str, want: Want, check: Callable[[Any], str | None] | None = None,
               **kwargs: Any) -> tuple[Any, str | None]:
@@ -215,6 +219,10 @@ class Downloader(SiteUser):
     wait_time = between(1.0, 3.0)
     chunk = 64 * 1024
 
+    def on_start(self) -> None:
+        for size in FILE_SIZES:  # the expected digests, once, before any download is timed
+            file_digest(size)
+
     @task
     def download(self) -> None:
         size = random.choice(FILE_SIZES)
@@ -227,9 +235,12 @@ class Downloader(SiteUser):
                                 header(resp, "Content-Type"), header(resp, "X-Server"))
                 # Read the whole body even after a problem, so the connection stays usable.
                 started, digest, received = time.perf_counter(), hashlib.sha256(), 0
-                for piece in resp.iter_content(self.chunk, decode_content=False):
-                    digest.update(piece)
-                    received += len(piece)
+                try:
+                    for piece in resp.iter_content(self.chunk, decode_content=False):
+                        digest.update(piece)
+                        received += len(piece)
+                except OSError as e:  # a timeout mid-body; a closed connection just ends the loop
+                    problem = problem or f"{size}.bin: broken off after {received} bytes: {e!r}"
                 # With stream=True locust times only the head; count the body's time too.
                 resp.request_meta["response_time"] += (time.perf_counter() - started) * 1000
                 resp.request_meta["response_length"] = received
