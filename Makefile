@@ -3,12 +3,28 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test typecheck test-pure test-sockets check bench clean
+# `make load`: the demo under locust for LOAD_TIME with LOAD_USERS users (reports in
+# loadtests/out/); LOAD_HOST=URL tests a switch already running there instead of starting the
+# demo; LOAD_CLASSES="LoggedInUser Downloader" runs only those scenarios.
+LOAD_TIME    ?= 60s
+LOAD_USERS   ?= 50
+LOAD_RATE    ?= 10
+LOAD_PORT    ?= 8080
+LOAD_HOST    ?=
+LOAD_CLASSES ?=
+LOAD_RUN      = $(BIN)/python loadtests/run.py --port $(LOAD_PORT)$(if $(LOAD_HOST), --host $(LOAD_HOST))
+
+.PHONY: run test typecheck test-pure test-sockets check bench load load-smoke clean
 
 $(BIN)/l7switch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# locust (and gevent) only when a load test asks for them: `make test` stays lighter.
+$(BIN)/locust: $(BIN)/l7switch
+	$(BIN)/pip install -q -e '.[load]'
 	touch $@
 
 run: $(BIN)/l7switch
@@ -31,6 +47,13 @@ check: $(BIN)/l7switch
 
 bench: $(BIN)/l7switch
 	$(BIN)/python bench/run.py
+
+load: $(BIN)/locust
+	$(LOAD_RUN) --time $(LOAD_TIME) --users $(LOAD_USERS) --rate $(LOAD_RATE) --name load $(LOAD_CLASSES)
+
+# CI's short pass: every scenario, a few users, 20 s (about 25 s with the demo's start and stop).
+load-smoke: $(BIN)/locust
+	$(LOAD_RUN) --time 20s --users 8 --rate 8 --name smoke
 
 clean:
 	rm -rf $(VENV) build *.egg-info
