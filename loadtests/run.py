@@ -86,11 +86,27 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def cpu_note(demo_cpu: float | None, locust_cpu: float, seconds: float) -> str:
-    """Where the machine's CPU went: the load generator competes with what it measures."""
-    parts = [f"locust {locust_cpu:.1f} s ({100 * locust_cpu / seconds:.0f}% of one CPU)"]
+def machine_busy() -> float | None:
+    """CPU seconds all processors have spent busy since boot (/proc/stat), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_note(demo_cpu: float | None, locust_cpu: float, busy: float | None, seconds: float) -> str:
+    """Where the machine's CPU went: the load generator competes with what it measures, and
+    anything else running on the machine competes with both (it shows as "the rest")."""
+    def share(cpu: float) -> str:
+        return f"{cpu:.1f} s ({100 * cpu / seconds:.0f}% of one CPU)"
+
+    parts = [f"locust {share(locust_cpu)}"]
     if demo_cpu is not None:
-        parts.insert(0, f"switch and origins {demo_cpu:.1f} s ({100 * demo_cpu / seconds:.0f}%)")
+        parts.insert(0, f"switch and origins {share(demo_cpu)}")
+    if busy is not None:
+        parts.append(f"the rest {share(max(0.0, busy - locust_cpu - (demo_cpu or 0.0)))}")
     return f"CPU over the {seconds:.0f} s run: " + ", ".join(parts)
 
 
@@ -192,15 +208,17 @@ def main() -> int:
                 demo = start_demo(args.port, out)
             wait_until_up(demo, args.port, str(log))
             host = f"http://127.0.0.1:{args.port}"
-        started = time.monotonic()
+        started, busy = time.monotonic(), machine_busy()
         demo_cpu = cpu_seconds(demo.pid) if demo is not None else None
         rc = run_locust(args, host, prefix)
         seconds = time.monotonic() - started
+        if busy is not None:
+            busy = (machine_busy() or busy) - busy
         if demo is not None and demo_cpu is not None:
             demo_cpu = (cpu_seconds(demo.pid) or demo_cpu) - demo_cpu
         # Only locust has been waited for so far, so the children's usage is locust's.
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = cpu_note(demo_cpu, children.ru_utime + children.ru_stime, seconds)
+        cpu = cpu_note(demo_cpu, children.ru_utime + children.ru_stime, busy, seconds)
     except KeyboardInterrupt:
         rc = INTERRUPTED
     finally:
