@@ -11,6 +11,11 @@ $(BIN)/l7switch: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# locust (and gevent) only when a load test asks for them: `make test` stays lighter.
+$(BIN)/locust: $(BIN)/l7switch
+	$(BIN)/pip install -q -e '.[load]'
+	touch $@
+
 run: $(BIN)/l7switch
 	$(BIN)/l7switch demo
 
@@ -28,6 +33,25 @@ test-sockets: $(BIN)/l7switch
 
 check: $(BIN)/l7switch
 	$(BIN)/l7switch check rules/demo.yaml
+
+# `make load`: the demo under locust for LOAD_TIME with LOAD_USERS users (reports in
+# loadtests/out/); LOAD_HOST=URL tests a switch already running there instead of starting the
+# demo; LOAD_CLASSES="LoggedInUser Downloader" runs only those scenarios.
+LOAD_TIME    ?= 60s
+LOAD_USERS   ?= 50
+LOAD_RATE    ?= 10
+LOAD_PORT    ?= 8080
+LOAD_HOST    ?=
+LOAD_CLASSES ?=
+LOAD_RUN      = $(BIN)/python loadtests/run.py --port $(LOAD_PORT)$(if $(LOAD_HOST), --host $(LOAD_HOST))
+
+.PHONY: load load-smoke
+load: $(BIN)/locust
+	$(LOAD_RUN) --time $(LOAD_TIME) --users $(LOAD_USERS) --rate $(LOAD_RATE) --name load $(LOAD_CLASSES)
+
+# CI's short pass: every scenario, a few users, 20 s (21 s with the demo's start and stop).
+load-smoke: $(BIN)/locust
+	$(LOAD_RUN) --time 20s --users 8 --rate 8 --name smoke
 
 bench: $(BIN)/l7switch
 	$(BIN)/python bench/run.py

@@ -1,7 +1,8 @@
-"""``l7switch demo``: a switch and five small origin servers in one process.
+"""``l7switch demo``: a switch and the small origin servers of its pools, in one process.
 
 The pools of ``rules/demo.yaml`` decide what runs: every server of a pool named like "html"
-serves pages, "images" serves pictures, "cgi" serves a dynamic script. Each origin is an
+serves pages, "images" serves pictures, "cgi" serves dynamic scripts and a form, "app" a log-in
+application, "files" large downloads (the last three are in demoapps.py). Each origin is an
 ``OriginServer`` (origin.py), so the standard test routes (``/echo``, ``/bytes/N`` ...) work on
 all of them too, which is handy when poking at the switch by hand.
 
@@ -29,6 +30,7 @@ from typing import Any
 from ..config import load_config
 from ..errors import ConfigError
 from ..spec import Config, PoolSpec
+from .demoapps import app_handler, files_handler, form_script
 from .origin import Handler, OriginRequest, OriginResponse, OriginServer, standard_handler
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "rules" / "demo.yaml"
@@ -82,18 +84,36 @@ IMAGES: dict[str, tuple[str, bytes]] = {  # extension -> (content type, body)
 }
 
 
-# ---- the three kinds of demo origin -----------------------------------------------------
+# ---- the static kinds of demo origin (the dynamic ones are in demoapps.py) --------------
+
+# The gallery's pictures: a page that pulls several images, as most real pages do, so a load
+# test that follows a page's <img> tags spreads its requests over the images pool.
+GALLERY = ("/images/logo.png", "/images/photo-1.png", "/images/photo-2.png", "/images/photo-3.png",
+           "/images/dot.gif", "/images/logo.svg")
+
 
 def html_handler(name: str) -> Handler:
     fallback = standard_handler(name)
     hits = [0]
 
     def handler(req: OriginRequest) -> Any:
-        if req.path not in ("/", "/index.html"):
+        if req.path not in ("/", "/index.html", "/gallery.html"):
             return fallback(req)
         hits[0] += 1
         who = html.escape(name)
-        page = f"""<!doctype html>
+        if req.path == "/gallery.html":
+            imgs = "\n".join(f'<img src="{src}" alt="" width="64" height="64">' for src in GALLERY)
+            page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>gallery — {who}</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>Gallery</h1>
+<p>This page came from <b>{who}</b>; its {len(GALLERY)} pictures from the <b>images</b> pool.</p>
+{imgs}
+<p><a href="/">home</a></p>
+</body></html>
+"""
+        else:
+            page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>l7switch demo — {who}</title></head>
 <body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
 <h1><img src="/images/logo.png" alt="logo" width="32" height="32"> Hello from {who}</h1>
@@ -101,6 +121,12 @@ def html_handler(name: str) -> Handler:
 Reload: the round-robin scheduler sends the next request to the other html server.</p>
 <p>The logo above came from the <b>images</b> pool; <a href="/cgi-bin/hello?name=you">/cgi-bin/hello</a>
 is answered by the <b>cgi</b> pool. Every response names its server in <code>X-Server</code>.</p>
+<ul>
+<li><a href="/gallery.html">a gallery</a>: one page, {len(GALLERY)} images</li>
+<li><a href="/cgi-bin/form">a form</a> (cgi pool)</li>
+<li><a href="/app/">log in</a> (app pool: the SRVID cookie keeps you on one server)</li>
+<li><a href="/files/">downloads</a> of 1&ndash;4 MiB (files pool)</li>
+</ul>
 </body></html>
 """
         return OriginResponse(200, [("Content-Type", "text/html; charset=utf-8")], page.encode())
@@ -133,6 +159,8 @@ def cgi_handler(name: str) -> Handler:
     counter = [0]
 
     def handler(req: OriginRequest) -> Any:
+        if req.path == "/cgi-bin/form":
+            return form_script(name, req)
         if req.path != "/cgi-bin/hello":
             if req.path.startswith("/cgi-bin/"):
                 return OriginResponse(404, [("Content-Type", "text/plain; charset=utf-8")],
@@ -159,6 +187,10 @@ def handler_for(pool: str, name: str) -> Handler:
         return image_handler(name)
     if "cgi" in lowered:
         return cgi_handler(name)
+    if "app" in lowered:
+        return app_handler(name)
+    if "file" in lowered or "download" in lowered:
+        return files_handler(name)
     return html_handler(name)
 
 
@@ -241,6 +273,10 @@ def banner(demo: Demo) -> str:
         f"    curl -i {base}/                       # a page from the html pool",
         f"    curl -sI {base}/images/logo.png       # a PNG from the images pool",
         f"    curl '{base}/cgi-bin/hello?name=you'  # dynamic text from the cgi pool",
+        f"    curl -d name=you -d message=hi {base}/cgi-bin/form   # a form post, echoed",
+        f"    curl -c jar -d user=you {base}/app/login; curl -b jar {base}/app/account",
+        "                                          # a session kept on one app server",
+        f"    curl -o /dev/null {base}/files/4MiB.bin   # a large download from the files pool",
         f"    open {base}/ in a browser",
         "",
         "  and ask the switch why a URL goes where it goes:",
@@ -260,9 +296,10 @@ async def _serve(config_path: Path, port: int | None) -> int:
             print(issue)
         return 1
     except OSError as e:
+        origins = sorted(s.port for p in load_config(config_path).pools.values() for s in p.servers)
         print(f"l7switch demo: cannot start: {e.strerror or e}\n"
-              f"  Is another demo (or something else) using ports 9101-9105 or {port}? "
-              f"Try `l7switch demo --port 8081` if only the switch port is taken.")
+              f"  Is another demo (or something else) using ports {origins[0]}-{origins[-1]} or "
+              f"{port}? Try `l7switch demo --port 8081` if only the switch port is taken.")
         return 1
     print(banner(demo), flush=True)
     stop = asyncio.Event()

@@ -1,13 +1,19 @@
-"""The demo end to end: rules/demo.yaml, five embedded origins and the switch, all on port 0."""
+"""The demo end to end: rules/demo.yaml, its embedded origins and the switch, all on port 0.
+
+These are also what the load tests (loadtests/) do once each: a page and its images, a form
+post, a logged-in session that must stay on one server, a large download."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
-from kit import LoopThread, check_png, connect, read_response, recv_until_close
+from kit import LoopThread, Response, check_png, connect, exchange, read_response, recv_until_close
 
-from l7switch.devtools.demo import DEMO_CONFIG, GIF_1X1, Demo, banner, make_png, start_demo
+from l7switch.devtools.demo import DEMO_CONFIG, GALLERY, GIF_1X1, IMAGES, Demo, banner, make_png, start_demo
+from l7switch.devtools.origin import pattern_bytes
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +98,80 @@ def test_echo_through_switch_shows_forwarded_request(demo: Demo) -> None:
 def test_banner_lists_what_to_try(demo: Demo) -> None:
     text = banner(demo)
     base = f"http://127.0.0.1:{demo.port}"
-    for line in (f"{base}/", f"{base}/images/logo.png", f"{base}/cgi-bin/hello",
+    for line in (f"{base}/", f"{base}/images/logo.png", f"{base}/cgi-bin/hello", f"{base}/cgi-bin/form",
+                 f"{base}/app/login", f"{base}/files/4MiB.bin",
                  f"l7switch explain rules/demo.yaml {base}/images/logo.png"):
         assert line in text
+
+
+def test_gallery_page_pulls_its_images_from_the_images_pool(demo: Demo) -> None:
+    status, headers, body = fetch(demo.port, "/gallery.html")
+    assert status == 200 and headers["x-server"] in ("html1", "html2")
+    assert len(GALLERY) >= 4 and all(f'<img src="{path}"'.encode() in body for path in GALLERY)
+    for path in GALLERY:
+        status, headers, body = fetch(demo.port, path)
+        assert status == 200 and headers["x-server"].startswith("images")
+        assert (headers["content-type"], body) == IMAGES[path.rpartition(".")[2]]
+
+
+def post_form(port: int, path: str, form: dict[str, str], cookie: str = "") -> Response:
+    body = urlencode(form).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: demo.test\r\nContent-Type: application/x-www-form-urlencoded"
+            f"\r\nContent-Length: {len(body)}\r\n" + (f"Cookie: {cookie}\r\n" if cookie else "") + "\r\n")
+    return exchange(port, head.encode() + body)
+
+
+def test_cgi_form_echoes_a_post_and_refuses_a_missing_field(demo: Demo) -> None:
+    status, headers, body = fetch(demo.port, "/cgi-bin/form")
+    assert status == 200 and headers["content-type"].startswith("text/html") and b"<form" in body
+    resp = post_form(demo.port, "/cgi-bin/form", {"name": "Ada", "message": "Grüße & 1+1=2"})
+    assert resp.status == 200 and resp.header("X-Server") == "cgi1"
+    assert resp.body.decode().splitlines()[1:] == ["name: Ada", "message: Grüße & 1+1=2"]
+    bad = post_form(demo.port, "/cgi-bin/form", {"name": "Ada"})
+    assert bad.status == 400 and b"missing field 'message'" in bad.body
+
+
+def cookie_pair(resp: Response, name: str) -> str:
+    values = [v.split(";")[0] for v in resp.all("Set-Cookie") if v.startswith(f"{name}=")]
+    assert len(values) == 1, resp.all("Set-Cookie")
+    return values[0]
+
+
+def get_with(port: int, path: str, cookie: str) -> Response:
+    return exchange(port, f"GET {path} HTTP/1.1\r\nHost: demo.test\r\nCookie: {cookie}\r\n\r\n".encode())
+
+
+def test_app_login_stays_on_one_server_by_its_srvid_cookie(demo: Demo) -> None:
+    login = post_form(demo.port, "/app/login", {"user": "ada"})
+    assert login.status == 200
+    server = login.header("X-Server")
+    assert server in ("app1", "app2")
+    session, srvid = cookie_pair(login, "app_session"), cookie_pair(login, "SRVID")
+    # Each request on a new connection, so only the cookie can keep it on that server.
+    for _ in range(4):
+        resp = get_with(demo.port, "/app/account", f"{srvid}; {session}")
+        assert resp.status == 200 and resp.header("X-Server") == server
+        assert json.loads(resp.body) == {"user": "ada", "server": server}
+        assert not any(v.startswith("SRVID=") for v in resp.all("Set-Cookie"))  # it was recognised
+    # Without SRVID the scheduler takes turns, and the other server does not know the session:
+    # what the load test's LoggedInUser would see if persistence broke.
+    seen = {}
+    for _ in range(4):
+        resp = get_with(demo.port, "/app/account", session)
+        seen[resp.header("X-Server")] = resp.status
+    other = "app2" if server == "app1" else "app1"
+    assert seen == {server: 200, other: 401}
+
+
+def test_large_download_through_the_switch(demo: Demo) -> None:
+    n = 4 * 1024 * 1024
+    with connect(demo.port) as s:
+        s.sendall(b"GET /files/4MiB.bin HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        status, headers, body = read_response(s, timeout=30)
+    assert status == 200 and headers["x-server"] in ("files1", "files2")
+    assert headers["content-type"] == "application/octet-stream" and int(headers["content-length"]) == n
+    assert body == pattern_bytes(n)
+    status, headers, body = fetch(demo.port, "/files/")
+    assert status == 200 and b'href="/files/4MiB.bin"' in body and headers["x-server"].startswith("files")
 
 
