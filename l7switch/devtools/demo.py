@@ -19,8 +19,10 @@ import dataclasses
 import html
 import logging
 import os
+import secrets
 import signal
 import struct
+import tempfile
 import time
 import types
 import zlib
@@ -29,11 +31,13 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..spec import Config, PoolSpec
+from ..config.users import set_user
+from ..spec import Config, MetricsSpec, MonitorSpec, PoolSpec
 from .demoapps import app_handler, files_handler, form_script
 from .origin import Handler, OriginRequest, OriginResponse, OriginServer, standard_handler
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "rules" / "demo.yaml"
+DEMO_MONITOR_PORT, DEMO_METRICS_PORT = 9443, 9100  # HAProxy stats pages often sit on 8404/9443
 
 log = logging.getLogger("l7switch.demo")
 
@@ -199,10 +203,12 @@ def handler_for(pool: str, name: str) -> Handler:
 class Demo:
     """The running demo: ``.port`` is the switch's port; ``await stop()`` ends everything."""
 
-    def __init__(self, switch: Any, origins: list[OriginServer], config: Config) -> None:
+    def __init__(self, switch: Any, origins: list[OriginServer], config: Config,
+                 monitor_password: str = "") -> None:
         self.switch = switch
         self.origins = origins
         self.config = config
+        self.monitor_password = monitor_password  # of the user "demo", when the demo made one
         self.addresses: list[tuple[str, int]] = list(switch.addresses)
         self.port: int = self.addresses[0][1]
 
@@ -213,13 +219,28 @@ class Demo:
             await asyncio.gather(*(o.stop() for o in self.origins), return_exceptions=True)
 
 
+def with_monitor(config: Config, ephemeral: bool) -> tuple[Config, str]:
+    """The demo's monitor and /metrics when the file has none: plain HTTP on loopback (a demo;
+    README shows the TLS setup), one admin user "demo" with a random password in a users file
+    of a temporary directory. Returns the config and that password."""
+    if config.monitor is not None:
+        return config, ""
+    password = secrets.token_urlsafe(9)
+    users = os.path.join(tempfile.mkdtemp(prefix="l7switch-demo-"), "users")
+    set_user(users, "demo", "admin", password)
+    monitor = MonitorSpec("127.0.0.1", 0 if ephemeral else DEMO_MONITOR_PORT, users, insecure=True)
+    metrics = config.metrics or MetricsSpec("127.0.0.1", 0 if ephemeral else DEMO_METRICS_PORT)
+    return dataclasses.replace(config, monitor=monitor, metrics=metrics), password
+
+
 async def start_demo(config_path: str | Path = DEMO_CONFIG, *, ephemeral: bool = False,
-                     port: int | None = None) -> Demo:
+                     port: int | None = None, monitor: bool = False) -> Demo:
     """Start every origin of the config's pools, then the switch.
 
     ``ephemeral``: all sockets bind port 0 and the config is rewritten to the real ports.
-    ``port``: the switch's listener port (ignored when ephemeral). Raises ConfigError for a
-    bad file and OSError when an address is taken; nothing is left running in either case.
+    ``port``: the switch's listener port (ignored when ephemeral). ``monitor``: add the
+    monitor and /metrics (``with_monitor``). Raises ConfigError for a bad file and OSError when
+    an address is taken; nothing is left running in either case.
     """
     from ..runtime.switch import Switch  # late: keeps `import l7switch.devtools.demo` cheap for the CLI
 
@@ -243,12 +264,15 @@ async def start_demo(config_path: str | Path = DEMO_CONFIG, *, ephemeral: bool =
             listeners = tuple(dataclasses.replace(lst, port=port) for lst in listeners)
         config = dataclasses.replace(config, listeners=listeners,
                                      pools=types.MappingProxyType(pools))
+        password = ""
+        if monitor:
+            config, password = with_monitor(config, ephemeral)
         switch = Switch(config)
         await switch.start()
     except BaseException:
         await asyncio.gather(*(o.stop() for o in origins), return_exceptions=True)
         raise
-    return Demo(switch, origins, config)
+    return Demo(switch, origins, config, password)
 
 
 def banner(demo: Demo) -> str:
@@ -282,6 +306,16 @@ def banner(demo: Demo) -> str:
         "  and ask the switch why a URL goes where it goes:",
         f"    l7switch explain {rules} {base}/images/logo.png",
         "",
+    ]
+    obs = demo.switch.observers
+    if obs.monitor is not None:
+        who = (f"user demo, password {demo.monitor_password}" if demo.monitor_password
+               else f"users in {obs.monitor.spec.users}")
+        lines += [f"  the monitor: http://127.0.0.1:{obs.monitor.port}/  ({who})"]
+    if obs.metrics is not None:
+        lines += [f"  Prometheus metrics: http://127.0.0.1:{obs.metrics.port}/metrics"]
+    lines += [
+        "",
         "  Ctrl-C to stop.",
         "",
     ]
@@ -290,7 +324,7 @@ def banner(demo: Demo) -> str:
 
 async def _serve(config_path: Path, port: int | None) -> int:
     try:
-        demo = await start_demo(config_path, port=port)
+        demo = await start_demo(config_path, port=port, monitor=True)
     except ConfigError as e:
         for issue in e.issues:
             print(issue)

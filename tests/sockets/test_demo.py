@@ -18,7 +18,7 @@ from l7switch.devtools.origin import pattern_bytes
 
 @pytest.fixture(scope="module")
 def demo(lt: LoopThread) -> Iterator[Demo]:
-    d = lt.run(start_demo(DEMO_CONFIG, ephemeral=True))
+    d = lt.run(start_demo(DEMO_CONFIG, ephemeral=True, monitor=True))
     yield d
     lt.run(d.stop(), timeout=15)
 
@@ -175,3 +175,17 @@ def test_large_download_through_the_switch(demo: Demo) -> None:
     assert status == 200 and b'href="/files/4MiB.bin"' in body and headers["x-server"].startswith("files")
 
 
+
+
+def test_the_demo_has_a_monitor_and_metrics(demo: Demo) -> None:
+    """`make run` shows the monitor too: a user "demo" with a password printed in the banner."""
+    from test_monitor import Client
+
+    obs = demo.switch.observers
+    text = banner(demo)
+    assert f"http://127.0.0.1:{obs.monitor.port}/  (user demo, password {demo.monitor_password})" in text
+    c = Client(obs.monitor.port)
+    assert c.login("demo", demo.monitor_password) == 303
+    assert c.state()["role"] == "admin"
+    status, _, body = Client(obs.metrics.port).request("GET", "/metrics")
+    assert status == 200 and b"l7switch_server_requests_total" in body
