@@ -10,6 +10,7 @@ pipelined, interim, chunked and close-delimited responses can be checked byte fo
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import socket
 import ssl
@@ -18,14 +19,26 @@ import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvloop
+
+import l7switch
 
 T = TypeVar("T")
 
 
 # ---- the loop thread and blocking clients ----------------------------------------------------
+
+#: Where the l7switch under test lives: the source tree, or build/compiled when `make
+#: test-compiled` runs the suite against the mypyc build (PYTHONPATH). Subprocesses (`l7switch
+#: run`, `ctl`, workers) start from there, so `python -m l7switch` imports the same build.
+PACKAGE_ROOT = Path(l7switch.__file__).resolve().parents[1]
+#: The suite is running against the mypyc build: a test that replaces a method of a compiled
+#: class (compiled callers call it directly, past the patch) runs only on the pure build.
+COMPILED = Path(importlib.import_module("l7switch.proxy.upstream").__file__ or "").suffix != ".py"
+
 
 class LoopThread:
     def __init__(self) -> None:

@@ -25,20 +25,36 @@ Test = Callable[["RequestView"], bool]
 
 
 class RequestView:
-    """The parts of a request rules look at, built by the frontend for each request."""
+    """The parts of a request rules look at, built by the frontend for each request.
 
-    __slots__ = ("method", "path", "query", "host", "headers", "_cookies", "_params")
+    The frontend passes the head's fields as bytes (``raw``) and they are decoded only if a rule
+    looks at them; tests and ``explain`` pass text. One class, with ``headers`` a property over
+    both: a subclass that turned a slot into a property would be read past by code compiled
+    with mypyc (which reads a native class's slots directly), so the laziness lives here.
+    """
+
+    __slots__ = ("method", "path", "query", "host", "_headers", "_raw", "_cookies", "_params")
 
     def __init__(self, method: str, path: str, query: str, host: str,
-                 headers: list[tuple[str, str]]) -> None:
+                 headers: list[tuple[str, str]] | None = None,
+                 raw: list[tuple[bytes, bytes]] | None = None) -> None:
         self.method = method
         self.path = path  # normalized by the frontend, without the query
         self.query = query  # text after '?', '' if none
         self.host = host  # lower-case, port stripped
-        self.headers = headers  # (lower-case name, value) as received, in order
+        self._headers = headers  # (lower-case name, value) as received, in order
+        self._raw = raw  # the same as bytes, decoded on first use
         # Parsed on first use only: most rule sets never look at cookies or the query.
         self._cookies: dict[str, str] | None = None
         self._params: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        h = self._headers
+        if h is None:
+            raw = self._raw or []
+            h = self._headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw]
+        return h
 
     def header(self, name: str) -> str | None:
         """All values of header ``name`` joined with ", " (RFC 9110 §5.3); None if absent."""
@@ -100,29 +116,6 @@ class RequestView:
     def __repr__(self) -> str:
         q = "?" + self.query if self.query else ""
         return f"<RequestView {self.method} {self.host}{self.path}{q}>"
-
-
-class WireView(RequestView):
-    """A RequestView whose headers are decoded only if a rule looks at them."""
-
-    __slots__ = ("_raw", "_decoded")
-
-    def __init__(self, method: str, path: str, query: str, host: str,
-                 raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
-        self._decoded: list[tuple[str, str]] | None = None
-        super().__init__(method, path, query, host, [])
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        if self._decoded is None:
-            self._decoded = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self._raw]
-        return self._decoded
-
-    @headers.setter
-    def headers(self, value: list[tuple[str, str]]) -> None:
-        pass  # the raw list is the source of truth
-
 
 
 def host_of(authority: str) -> str:

@@ -37,7 +37,7 @@ import httptools
 
 from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
 from ..http.message import DEFAULT_UPGRADES, check_request, error_response, upgrade_tokens
-from ..http.rules import WireView
+from ..http.rules import RequestView
 from ..net.flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, TURN, WAITING, FlowControl
 from ..net.tunnel import TO_SERVER, Tunnel
 from ..spec import ListenerSpec
@@ -386,8 +386,8 @@ class ClientConnection(asyncio.Protocol):
             host = host[:host.find(b"]") + 1]
         else:
             host = host.split(b":", 1)[0]
-        view = WireView(head.method.decode("latin-1"), head.path, head.query,
-                        host.decode("latin-1").lower(), head.headers)
+        view = RequestView(head.method.decode("latin-1"), head.path, head.query,
+                           host.decode("latin-1").lower(), raw=head.headers)
         rule, pool_name = gen.router.route(view)
         pool = gen.pools[pool_name]
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None

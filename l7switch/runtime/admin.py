@@ -34,7 +34,7 @@ from ..errors import AdminError, ConfigError
 from ..config.yamlnodes import parse_address
 from ..guard.clients import describe
 from ..spec import Config, ServerSpec
-from ..version import __version__
+from ..version import __version__, build
 
 log = logging.getLogger("l7switch")
 
@@ -142,7 +142,7 @@ class Admin:
         sw = self.switch
         reloader = sw.reloader
         loaded = reloader.loaded_at if reloader is not None else self.started
-        return {"version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
+        return {"version": __version__, "build": build(), "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1),
                 "workers": 1, "config": sw.config.path,
                 "loaded_at": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(loaded)),
                 "reloads": reloader.count if reloader is not None else 0,

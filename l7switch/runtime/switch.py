@@ -29,6 +29,7 @@ from ..passthrough.connection import PassthroughConnection
 from ..proxy.frontend import ClientConnection
 from ..proxy.state import Generation, SwitchState
 from ..spec import Config, ListenerSpec
+from ..version import build
 from ..monitor import Observers
 from .admin import Admin, AdminServer, default_socket
 from .listeners import Listener, Listeners
@@ -416,7 +417,7 @@ def run(config: Config, log_level: str = "info", inherited: dict[str, list[socke
             log.error("%s", exc)
             return 1
         for host, port in switch.addresses:
-            log.info("l7switch listening on %s:%d (%s)", host, port, config.path)
+            log.info("l7switch %s listening on %s:%d (%s)", build(), host, port, config.path)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

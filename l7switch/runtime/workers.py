@@ -48,6 +48,7 @@ from ..errors import AdminError, ConfigError
 from ..monitor import Observers
 from ..stats import merge as merge_stats
 from ..spec import Config
+from ..version import build
 from .admin import check_file, default_socket
 
 log = logging.getLogger("l7switch")
@@ -406,7 +407,7 @@ def run_master(config: Config, slots: int, log_level: str = "info") -> int:
         master.start_checks()
         addresses = [g[0].getsockname()[:2] for g in master.sockets.values()]
         for host, port in addresses:
-            log.info("l7switch listening on %s:%d with %d workers (%s)", host, port, slots, config.path)
+            log.info("l7switch %s listening on %s:%d with %d workers (%s)", build(), host, port, slots, config.path)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

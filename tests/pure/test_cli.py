@@ -126,7 +126,7 @@ def test_run_with_bad_config_exits_1() -> None:
 
 def test_version_and_usage() -> None:
     r = l7("--version")
-    assert r.returncode == 0 and r.stdout.strip() == "l7switch 0.1.0"
+    assert r.returncode == 0 and r.stdout.strip().startswith("l7switch 0.1.0, ")  # + the build
     r = l7()
     assert r.returncode == 2 and "usage:" in r.stderr
 
@@ -191,3 +191,17 @@ def test_check_reports_a_failing_self_test_and_exits_1(tmp_path):
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "logo.png, pool: images" in ln)
     assert f"{f}:{line}:5: test 2: GET http://www.example.com/images/logo.png went to pool html by rule '#6'" \
         in r.stdout, r.stdout
+
+
+def test_version_says_which_build_runs(capsys) -> None:
+    """`l7switch --version` (and the start line, `ctl show info`) say compiled or pure Python."""
+    import importlib
+
+    from l7switch.cli.main import main
+    from l7switch.version import build
+
+    compiled = not (importlib.import_module("l7switch.stats").__file__ or "").endswith(".py")
+    assert build() == ("compiled (mypyc)" if compiled else "pure Python")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"l7switch 0.1.0, {build()}"

@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from kit import Conn, get, wait_for
+from kit import Conn, PACKAGE_ROOT, get, wait_for
 
 from l7switch.cli.ctl import call
 from l7switch.config import load_config
 from l7switch.runtime.reload import Reloader
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PACKAGE_ROOT  # subprocesses run the build under test (kit.py)
 
 
 def ctl(sock: Path, *words: str, json_out: bool = False) -> tuple[int, str, str]:

@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from kit import wait_for
+from kit import PACKAGE_ROOT, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PACKAGE_ROOT  # subprocesses run the build under test (kit.py)
 
 if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
     if os.environ.get("L7SWITCH_BROWSER_TESTS") == "required":

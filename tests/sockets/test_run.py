@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kit import wait_for
+from kit import PACKAGE_ROOT, wait_for
 
 KiB = 1024
 MiB = 1024 * KiB
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PACKAGE_ROOT  # subprocesses run the build under test (kit.py)
 
 
 # ---- (i) l7switch run: unusable address, positional FILE -------------------------------------

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from kit import wait_for
+from kit import PACKAGE_ROOT, wait_for
 
 from l7switch.runtime.workers import merge, steering_program
 from test_passthrough import tls_origin  # noqa: F401  (the fixture)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PACKAGE_ROOT  # subprocesses run the build under test (kit.py)
 
 
 def _env() -> dict[str, str]:
