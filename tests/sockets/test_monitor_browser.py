@@ -33,6 +33,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 from test_monitor import monitored  # noqa: E402,F401  (the fixture)
@@ -71,13 +72,36 @@ def _login(d: webdriver.Chrome, base: str, user: str, password: str) -> None:
     d.find_element(By.ID, "login").click()
 
 
+def _text(d: webdriver.Chrome, element_id: str) -> str:
+    """An element's text, or "" while the page it was found on is being replaced (a submitted
+    form: the old page's element goes stale under us)."""
+    try:
+        return d.find_element(By.ID, element_id).text
+    except (StaleElementReferenceException, NoSuchElementException):
+        return ""
+
+
+def _shown(d: webdriver.Chrome, element_id: str) -> bool:
+    try:
+        return d.find_element(By.ID, element_id).is_displayed()
+    except (StaleElementReferenceException, NoSuchElementException):
+        return False  # (the locality view is redrawn every second)
+
+
+def _attr(d: webdriver.Chrome, element_id: str, name: str) -> str | None:
+    try:
+        return d.find_element(By.ID, element_id).get_attribute(name)
+    except (StaleElementReferenceException, NoSuchElementException):
+        return None
+
+
 def test_the_monitor_in_chromium(lt, tmp_path, monitored, driver):  # noqa: F811
     sock = tmp_path / "admin.sock"
     sw, port, _, _ = monitored(tls=True, extra=f"admin: {{socket: {sock}}}\n")
     base = f"https://localhost:{port}"
     d = driver
     _login(d, base, "alice", "not-her-password")
-    assert "Wrong user name or password" in d.find_element(By.ID, "login-error").text
+    assert wait_for(lambda: "Wrong user name or password" in _text(d, "login-error"), 10)
     _login(d, base, "alice", "alice-pass")
     assert wait_for(lambda: d.find_elements(By.ID, "srv-web_o1") and d.find_elements(By.ID, "srv-web_o2"), 10)
     assert d.find_element(By.ID, "pool-web").is_displayed()
@@ -86,7 +110,7 @@ def test_the_monitor_in_chromium(lt, tmp_path, monitored, driver):  # noqa: F811
     assert "o1" in ctl_servers(sock) and "drain" not in ctl_servers(sock)
 
     d.find_element(By.ID, "drain-web_o1").click()
-    assert wait_for(lambda: d.find_element(By.ID, "srv-web_o1").get_attribute("data-state") == "drain", 10)
+    assert wait_for(lambda: _attr(d, "srv-web_o1", "data-state") == "drain", 10)
     assert "drain" in next(line for line in ctl_servers(sock).splitlines() if " o1 " in f" {line} ")
 
     # An action without the CSRF token, from the page's own origin and session: refused.
@@ -98,7 +122,7 @@ def test_the_monitor_in_chromium(lt, tmp_path, monitored, driver):  # noqa: F811
     assert sw.state.current.pools["web"].servers[1].state == "up"
 
     d.find_element(By.ID, "tab-locality").click()
-    assert wait_for(lambda: d.find_element(By.ID, "locality-web").is_displayed(), 5)
+    assert wait_for(lambda: _shown(d, "locality-web"), 5)
     d.find_element(By.ID, "logout").click()
     assert wait_for(lambda: d.current_url.endswith("/login"), 10)
     d.get(base + "/")

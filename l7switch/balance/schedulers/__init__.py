@@ -2,8 +2,10 @@
 maglev's).
 
 The interface, the typed options, the registry and the shared helpers are in base.py. Adding an
-algorithm: one module in this package with a ``Scheduler`` subclass decorated by ``@register``;
-every module here except base.py is loaded below, so registering is all it takes.
+algorithm: one module in this package with a ``Scheduler`` subclass and ``register(ThatClass)``
+after it (a call, not a decorator: mypyc compiles a decorated class as a plain Python one, which
+may not derive from the compiled base); every module here except base.py is loaded below, so
+registering is all it takes.
 """
 
 from __future__ import annotations

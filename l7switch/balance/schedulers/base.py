@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from ..servers import Server
 from ...http.keys import parse_hash_key
 from ...units import parse_duration
@@ -104,6 +106,7 @@ def run_now(build: Callable[[], Any], install: Callable[[Any], None]) -> None:
     install(build())
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests' own schedulers, with the compiled build
 class Scheduler:
     """Base class: subclasses set ``name`` (ipvsadm's where one exists) and implement ``pick``."""
 

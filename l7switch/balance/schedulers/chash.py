@@ -79,7 +79,6 @@ def _balance_factor(v: Any) -> float:
     return float(v)
 
 
-@register
 class ConsistentHash(Scheduler):
     name = "chash"
     options = {
@@ -159,3 +158,5 @@ class ConsistentHash(Scheduler):
         snap["balance_factor"] = self.opts["balance_factor"]
         return snap
 
+
+register(ConsistentHash)

@@ -41,7 +41,6 @@ def round_robin_table(servers: Sequence[Server]) -> Table:
     return tuple(servers[i % len(servers)] for i in range(TABLE_SIZE))
 
 
-@register
 class DestinationHash(Scheduler):
     name = "dh"
     options: ClassVar[Mapping[str, Option]] = {
@@ -91,3 +90,6 @@ class DestinationHash(Scheduler):
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "table_size": TABLE_SIZE}
+
+
+register(DestinationHash)

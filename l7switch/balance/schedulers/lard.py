@@ -25,7 +25,8 @@ _locality.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..servers import Server
@@ -33,7 +34,6 @@ from .base import KEY_OPTIONS, Option, boolean, duration, integer, register
 from ._locality import TABLE_OPTIONS, LocalityScheduler
 
 
-@register
 class LocalityAwareRequestDistribution(LocalityScheduler):
     name = "lard"
     options = {
@@ -49,8 +49,11 @@ class LocalityAwareRequestDistribution(LocalityScheduler):
         **TABLE_OPTIONS,
     }
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, servers: Sequence[Server], options: Mapping[str, Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        # (The arguments spelled out: compiled by mypyc, a *args/**kwargs pass-through to the
+        # base class's __init__ handed it the tuple itself.)
+        super().__init__(servers, options, clock)
         self.uses_sets = self.opts["replicate"]
 
     def scale_thresholds(self) -> None:
@@ -80,3 +83,6 @@ class LocalityAwareRequestDistribution(LocalityScheduler):
         if self.uses_sets:
             return self.pick_set(key, self.opts["set_expiry"])
         return self.pick_single(key)
+
+
+register(LocalityAwareRequestDistribution)

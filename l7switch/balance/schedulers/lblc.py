@@ -28,7 +28,6 @@ from .base import KEY_OPTIONS, register
 from ._locality import CAPACITY_OPTION, TABLE_OPTIONS, LocalityScheduler, half_load_overloaded
 
 
-@register
 class LocalityLeastConnection(LocalityScheduler):
     name = "lblc"
     options = {**KEY_OPTIONS, "capacity": CAPACITY_OPTION, **TABLE_OPTIONS}
@@ -41,3 +40,6 @@ class LocalityLeastConnection(LocalityScheduler):
 
     def pick(self, key: str | None) -> Server | None:
         return self.pick_single(key)
+
+
+register(LocalityLeastConnection)

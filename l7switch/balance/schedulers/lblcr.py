@@ -24,7 +24,6 @@ from .base import KEY_OPTIONS, Option, duration, register
 from ._locality import CAPACITY_OPTION, TABLE_OPTIONS, LocalityScheduler, half_load_overloaded
 
 
-@register
 class LocalityLeastConnectionReplicated(LocalityScheduler):
     name = "lblcr"
     options = {
@@ -44,3 +43,6 @@ class LocalityLeastConnectionReplicated(LocalityScheduler):
 
     def pick(self, key: str | None) -> Server | None:
         return self.pick_set(key, self.opts["set_expiry"])
+
+
+register(LocalityLeastConnectionReplicated)

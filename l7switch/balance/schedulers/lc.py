@@ -12,7 +12,6 @@ from ..servers import Server
 from .base import Scheduler, register
 
 
-@register
 class LeastConnection(Scheduler):
     name = "lc"
 
@@ -22,3 +21,6 @@ class LeastConnection(Scheduler):
             if s.available and (best is None or s.inflight < best.inflight):
                 best = s
         return best
+
+
+register(LeastConnection)

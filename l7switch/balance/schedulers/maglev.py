@@ -149,7 +149,6 @@ def populate(entries: Sequence[tuple[str, int]], m: int) -> list[int]:
             pos[i] = c
 
 
-@register
 class Maglev(Scheduler):
     name = "maglev"
     options = {
@@ -244,3 +243,6 @@ class Maglev(Scheduler):
         snap = super().snapshot()
         snap["table_size"] = self.table_size
         return snap
+
+
+register(Maglev)

@@ -10,7 +10,6 @@ from ..servers import Server
 from .base import Scheduler, register
 
 
-@register
 class RoundRobin(Scheduler):
     name = "rr"
 
@@ -25,3 +24,6 @@ class RoundRobin(Scheduler):
                 self._cursor = i
                 return servers[i]
         return None
+
+
+register(RoundRobin)

@@ -45,7 +45,6 @@ def weighted_table(servers: Sequence[tuple[Server, int]]) -> Table:
     return tuple(table[:TABLE_SIZE])
 
 
-@register
 class SourceHash(DestinationHash):
     name = "sh"
     options: ClassVar[Mapping[str, Option]] = {
@@ -56,3 +55,6 @@ class SourceHash(DestinationHash):
     def table_builder(self) -> Callable[[], Table] | None:
         servers = tuple((s, s.weight) for s in self.servers)  # the weights as of now
         return lambda: weighted_table(servers)
+
+
+register(SourceHash)

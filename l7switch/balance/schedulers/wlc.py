@@ -14,9 +14,11 @@ from ..servers import Server
 from .base import Scheduler, least_loaded, register
 
 
-@register
 class WeightedLeastConnection(Scheduler):
     name = "wlc"
 
     def pick(self, key: str | None) -> Server | None:
         return least_loaded(self.servers)
+
+
+register(WeightedLeastConnection)

@@ -32,7 +32,6 @@ from ..servers import Server
 from .base import Scheduler, register
 
 
-@register
 class WeightedRoundRobin(Scheduler):
     name = "wrr"
 
@@ -91,3 +90,6 @@ class WeightedRoundRobin(Scheduler):
 
     def on_weight(self, server: Server) -> None:
         self._recompute()
+
+
+register(WeightedRoundRobin)
