@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_left
 from enum import IntEnum
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +58,7 @@ from ..balance.queue import Ticket
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
 from ..http.framing import response_framing
-from ..stats import BOUNDS, CACHE_HIT
+from ..stats import count
 from ..http.message import RequestHead, forward_request_head, forward_response_head
 from ..net import flow
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
@@ -818,29 +817,12 @@ class Exchange:
 
     def _account(self, status: int) -> None:
         """The request has ended: counted for its server (or its pool, when no server took it)
-        and its listener (stats.Traffic, inline: this runs for every request; the monitor and
-        /metrics read these)."""
+        and its listener (stats.count; the monitor and /metrics read these)."""
         body = self.body
-        received = body.received if body is not None else 0
-        sent = self.resp_bytes
-        seconds = time.monotonic() - (self.t_head or self.t0)
         server = self.server
-        t = server.traffic if server is not None else self.pool.unserved
-        cls = status // 100 if 100 <= status < 600 else 0
-        t.classes[cls] += 1
-        t.bytes_in += received
-        t.bytes_out += sent
-        t.buckets[bisect_left(BOUNDS, seconds)] += 1
-        t.seconds += seconds
-        if self.cache:
-            if self.cache == CACHE_HIT:
-                t.hits += 1
-            else:
-                t.misses += 1
-        t = self.client.traffic
-        t.classes[cls] += 1
-        t.bytes_in += received
-        t.bytes_out += sent
+        count(server.traffic if server is not None else self.pool.unserved, self.client.traffic, status,
+              body.received if body is not None else 0, self.resp_bytes,
+              time.monotonic() - (self.t_head or self.t0), self.cache)
 
     # ---- introspection ------------------------------------------------------------------------------
     def _where(self) -> str:

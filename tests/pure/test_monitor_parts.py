@@ -12,7 +12,7 @@ from l7switch.errors import ConfigError
 from l7switch.monitor.history import History
 from l7switch.monitor.metrics import exposition
 from l7switch.monitor.sessions import FREE_FAILURES, LoginThrottle, Sessions
-from l7switch.stats import BOUNDS, Traffic
+from l7switch.stats import BOUNDS, Traffic, count
 
 
 class Clock:
@@ -92,8 +92,8 @@ def test_login_brake_grows_per_client_and_per_user_and_forgets() -> None:
 def _stats(requests: int, errors: int, hits: int, misses: int, slow: int) -> dict:
     t = Traffic()
     for i in range(requests):
-        t.record(500 if i < errors else 200, 0, 10, 0.5 if i < slow else 0.002,
-                 1 if i < hits else 2 if i < hits + misses else 0)
+        count(t, Traffic(), 500 if i < errors else 200, 0, 10, 0.5 if i < slow else 0.002,
+              1 if i < hits else 2 if i < hits + misses else 0)
     return {"pools": {"web": {"unserved": Traffic().snapshot(), "servers": {"a": {"traffic": t.snapshot(),
                                                                                   "retries": 0}}}}}
 

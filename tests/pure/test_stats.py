@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from l7switch.stats import BOUNDS, CACHE_HIT, CACHE_MISS, Traffic, merge, quantile
+from l7switch.stats import BOUNDS, CACHE_HIT, CACHE_MISS, Traffic, count, merge, quantile
 
 
-def test_record_counts_classes_bytes_cache_and_buckets() -> None:
-    t = Traffic()
-    t.record(200, 10, 100, 0.002, CACHE_HIT)
-    t.record(503, 0, 30, 0.0001, 0)
-    t.record(0, 5, 0, 70.0, CACHE_MISS)  # the client left before any answer; slower than the top
+def test_count_keeps_classes_bytes_cache_and_buckets() -> None:
+    t, listener = Traffic(), Traffic()
+    count(t, listener, 200, 10, 100, 0.002, CACHE_HIT)
+    count(t, listener, 503, 0, 30, 0.0001, 0)
+    count(t, listener, 0, 5, 0, 70.0, CACHE_MISS)  # the client left before any answer; slower than the top
+    assert listener.snapshot()["classes"] == [1, 0, 1, 0, 0, 1] and listener.bytes_out == 130
+    assert sum(listener.buckets) == 0  # (listeners keep no histogram)
     snap = t.snapshot()
     assert snap["requests"] == 3 and snap["classes"] == [1, 0, 1, 0, 0, 1]
     assert (snap["bytes_in"], snap["bytes_out"], snap["hits"], snap["misses"]) == (15, 130, 1, 1)
