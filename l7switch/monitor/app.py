@@ -25,7 +25,7 @@ import string
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs
 
 from ..config.users import MAX_PASSWORD, User, hash_password, load_users, verify_password
@@ -34,7 +34,7 @@ from ..net.tls import server_context
 from ..spec import MonitorSpec
 from .history import History
 from .sessions import LoginThrottle, Session, Sessions
-from .web import HttpServer, Request, Response
+from .web import HttpServer, Request, Response, Source
 
 log = logging.getLogger("l7switch")
 
@@ -45,12 +45,6 @@ VERIFY_AT_ONCE = 2  # scrypt checks running together (each ~50 ms of a core and 
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".html": "text/html; charset=utf-8"}
 ACTIONS = ("drain", "enable", "disable", "weight")
-
-
-class Source(Protocol):
-    """What answers admin commands: runtime/admin.Admin, or the master with workers."""
-
-    async def run(self, args: list[str]) -> Any: ...
 
 
 def _load_static() -> dict[str, bytes]:
@@ -114,8 +108,6 @@ class Monitor:
         self.sessions, self.throttle, self.history = old.sessions, old.throttle, old.history
         self.sessions.timeout = self.spec.session_timeout
 
-    def close_soon(self) -> None:
-        asyncio.get_running_loop().create_task(self.stop())
 
     @property
     def port(self) -> int:

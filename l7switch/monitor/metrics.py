@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
@@ -21,13 +21,9 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 
 from ..spec import MetricsSpec
 from ..stats import BOUNDS
-from .web import HttpServer, Request, Response
+from .web import HttpServer, Request, Response, Source
 
 log = logging.getLogger("l7switch")
-
-
-class Source(Protocol):
-    async def run(self, args: list[str]) -> Any: ...
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -174,11 +170,6 @@ class MetricsServer:
 
     async def stop(self) -> None:
         await self.server.stop()
-
-    def close_soon(self) -> None:
-        import asyncio
-
-        asyncio.get_running_loop().create_task(self.stop())
 
     @property
     def port(self) -> int:

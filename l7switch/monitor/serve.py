@@ -10,19 +10,17 @@ monitor its new settings. A monitor that moves keeps its sessions, login counts 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+
 
 from ..spec import Config, MonitorSpec
 from .app import Monitor
 from .metrics import MetricsServer
+from .web import Source
 
 log = logging.getLogger("l7switch")
-
-
-class Source(Protocol):
-    async def run(self, args: list[str]) -> Any: ...
 
 
 def _moved(a: MonitorSpec, b: MonitorSpec) -> bool:
@@ -70,13 +68,13 @@ class Observers:
         config = plan.config
         if plan.monitor is not None or config.monitor is None:
             if self.monitor is not None:
-                self.monitor.close_soon()
+                _close_soon(self.monitor)
             self.monitor = plan.monitor
         elif self.monitor is not None:
             self.monitor.reconfigure(config.monitor, config.timeouts.header)
         if plan.metrics is not None or config.metrics is None:
             if self.metrics is not None:
-                self.metrics.close_soon()
+                _close_soon(self.metrics)
             self.metrics = plan.metrics
 
     async def apply(self, config: Config) -> None:
@@ -96,3 +94,8 @@ class Observers:
         if self.metrics is not None:
             await self.metrics.stop()
             self.metrics = None
+
+
+def _close_soon(listener: Monitor | MetricsServer) -> None:
+    """Replaced by a reload: stopped in the background (commit itself cannot wait)."""
+    asyncio.get_running_loop().create_task(listener.stop())

@@ -16,6 +16,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
@@ -60,6 +61,13 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Source(Protocol):
+    """What the monitor and /metrics read and act through: something that answers admin
+    commands (runtime/admin.Admin in a switch, the master with workers)."""
+
+    async def run(self, args: list[str]) -> Any: ...
 
 
 class HttpServer:
