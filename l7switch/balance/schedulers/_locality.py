@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..servers import Server
-from .base import Option, Scheduler, choice, duration, integer, key_hash, least_loaded
+from .base import Option, Scheduler, choice, duration, fmix32, integer, key_hash, least_loaded
 
 __all__ = ["KeyTable", "ServerSet", "LocalityScheduler", "TABLE_OPTIONS", "CAPACITY_OPTION",
            "half_load_overloaded", "most_loaded", "rendezvous"]
@@ -103,21 +103,14 @@ def rendezvous(servers: Sequence[Server], seeds: Sequence[int], h: int) -> Serve
     ``weight / -ln(u)`` with ``u`` uniform in (0, 1) from the key's and the server's hashes
     (``seeds``, one per server, from its name), which gives each server a share of keys in
     proportion to its weight and moves only a leaving server's keys. Servers at weight 0 (or
-    unavailable) are skipped. One ``fmix32`` (inlined) and one ``log`` per server, paid only when
-    a key is new or has to move (bench/placement_cost.py)."""
+    unavailable) are skipped. One ``fmix32`` and one ``log`` per server, paid only when a key is
+    new or has to move (bench/placement_cost.py)."""
     best: Server | None = None
     best_score = 0.0
-    log = math.log
     for s, seed in zip(servers, seeds):
         if not s.available or s.weight <= 0:
             continue
-        x = h ^ seed
-        x ^= x >> 16
-        x = (x * 0x85EBCA6B) & 0xFFFFFFFF
-        x ^= x >> 13
-        x = (x * 0xC2B2AE35) & 0xFFFFFFFF
-        x ^= x >> 16  # fmix32(h ^ seed)
-        score = s.weight / -log((x + 0.5) / _TWO32)
+        score = s.weight / -math.log((fmix32(h ^ seed) + 0.5) / _TWO32)
         if score > best_score:
             best, best_score = s, score
     return best
