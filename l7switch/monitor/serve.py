@@ -77,9 +77,6 @@ class Observers:
                 _close_soon(self.metrics)
             self.metrics = plan.metrics
 
-    async def apply(self, config: Config) -> None:
-        self.commit(await self.prepare(config))
-
     async def discard(self, plan: Plan) -> None:
         """A reload refused after ``prepare``: close what it opened."""
         if plan.monitor is not None:
