@@ -17,16 +17,18 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 #: Upper bounds (seconds) of the duration buckets; one more bucket holds everything above.
-BOUNDS: tuple[float, ...] = (
+BOUNDS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0015, 0.0025, 0.004, 0.006, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.15,
     0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 4.0, 6.0, 10.0, 15.0, 25.0, 40.0, 60.0,
 )
 
 #: Cache verdicts a response carries (http/framing.py reads them from X-Cache or Age).
-CACHE_UNKNOWN, CACHE_HIT, CACHE_MISS = 0, 1, 2
+CACHE_UNKNOWN: Final = 0
+CACHE_HIT: Final = 1
+CACHE_MISS: Final = 2
 
 
 class Traffic:
@@ -103,7 +105,7 @@ def quantile(q: float, buckets: Sequence[int]) -> float | None:
 
 #: Numbers that describe a thing rather than count it: with workers each process reports the
 #: same value, so ``merge`` keeps the first instead of adding them up.
-SAME = frozenset(("weight", "effective_weight", "agent_pct", "slow_start", "maxconn", "ms",
+SAME: Final = frozenset(("weight", "effective_weight", "agent_pct", "slow_start", "maxconn", "ms",
                   "checked_ago_s", "rise", "fall", "port", "since", "uptime_s",
                   "capacity", "workers", "loaded_at"))
 

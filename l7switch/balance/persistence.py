@@ -29,7 +29,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
-from typing import Any
+from typing import Any, Final
 
 from ..spec import PersistenceSpec, PoolSpec, ServerSpec
 from .servers import Server
@@ -39,21 +39,25 @@ Headers = Sequence[tuple[bytes, bytes]]
 #: What ``Persistence.sticky`` finds: (server named, table key, Cookie values to forward).
 Sticky = tuple[Server | None, str | None, list[bytes] | None]
 
-INSERT, REWRITE, PREFIX = "insert", "rewrite", "prefix"
-COOKIE_MODES = (INSERT, REWRITE, PREFIX)
+INSERT: Final = "insert"
+REWRITE: Final = "rewrite"
+PREFIX: Final = "prefix"
+COOKIE_MODES: Final = (INSERT, REWRITE, PREFIX)
 #: Prefix mode's separator between the id and the application's value: HAProxy's COOKIE_DELIM.
-DELIM = b"~"
+DELIM: Final = b"~"
 #: Added with an inserted cookie when the response says nothing about caching: a shared cache
 #: must not hand one client's server cookie to everyone (HAProxy's ``nocache`` option).
-CACHE_PRIVATE = b"Cache-Control: private\r\n"
+CACHE_PRIVATE: Final = b"Cache-Control: private\r\n"
 
 # verdict() results
-STICK, PICK, REFUSE = 0, 1, 2
+STICK: Final = 0
+PICK: Final = 1
+REFUSE: Final = 2
 
 #: How often the switch's clock drops expired table entries. Lookups already ignore them and
 #: MemoryStore.expire stops at the first live entry, so this only bounds the memory held by
 #: clients that never come back; Redis's lazy+periodic expiry works the same way.
-SWEEP_INTERVAL = 5.0
+SWEEP_INTERVAL: Final = 5.0
 
 
 def server_cookie_id(pool: str, server: str) -> str:
@@ -80,7 +84,7 @@ def _unquote(value: bytes) -> tuple[bytes, bool]:
     return value, False
 
 
-_WS = b" \t"
+_WS: Final = b" \t"
 
 
 @functools.lru_cache(maxsize=None)
@@ -183,7 +187,7 @@ def set_cookie_line(spec: PersistenceSpec, ident: str) -> bytes:
 
 # ---- client addresses ---------------------------------------------------------------------------
 
-_V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d (RFC 4291 §2.5.5.2)
+_V4_MAPPED: Final = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d (RFC 4291 §2.5.5.2)
 
 def source_key(ip: str, netmask: int = 32, netmask6: int = 128) -> str | None:
     """The table key for a client address, masked as ``ipvsadm -M`` does: "192.0.2.0/24"; a full

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..http.keys import KeyFunction
 from ..http.rules import RequestView
@@ -33,11 +33,11 @@ log = logging.getLogger("l7switch")
 
 #: Slow start's first share of the weight: "near 0" without being 0 (HAProxy's ramp starts at
 #: its smallest eweight step, 1/BE_WEIGHT_SCALE of a unit).
-MIN_RAMP = 0.05
+MIN_RAMP: Final = 0.05
 #: HAProxy ``observe layer7`` counts 5xx as errors except these (not the server's health).
-NOT_LAYER7_ERRORS = (501, 505)
+NOT_LAYER7_ERRORS: Final = (501, 505)
 #: Default queue timeout when a pool is built without one (Timeouts.queue's default).
-DEFAULT_QUEUE_TIMEOUT = 5.0
+DEFAULT_QUEUE_TIMEOUT: Final = 5.0
 
 
 class ServerPool:

@@ -21,17 +21,20 @@ a master) can set them from what it is told.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from ..stats import Traffic
 
 # Weight of the newest sample in the response-time moving average; 1/8 is TCP's SRTT gain
 # (RFC 6298 §2.3, alpha = 1/8).
-LATENCY_EWMA_GAIN = 0.125
+LATENCY_EWMA_GAIN: Final = 0.125
 
-UP, DOWN, DRAIN, MAINT = "up", "down", "drain", "maint"
-READY = "ready"
-ADMIN_STATES = (READY, DRAIN, MAINT)
+UP: Final = "up"
+DOWN: Final = "down"
+DRAIN: Final = "drain"
+MAINT: Final = "maint"
+READY: Final = "ready"
+ADMIN_STATES: Final = (READY, DRAIN, MAINT)
 
 
 class Server:

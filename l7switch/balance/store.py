@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 #: HAProxy's stick-table examples use "size 30k"; IPVS's LBLC caps at 16384. Client-address and
 #: session tables grow with clients, so the default is larger.
-DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_MAX_ENTRIES: Final = 100_000
 
 
 class Store(Protocol):

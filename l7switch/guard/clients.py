@@ -29,14 +29,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from socket import AF_INET, AF_INET6, inet_pton
-from typing import Any
+from typing import Any, Final
 
 from ..balance.persistence import source_key
 from ..spec import PerClientSpec
 
 #: How many entries with open connections an eviction passes over (moving them to the recent
 #: end) before it drops one anyway. A small constant keeps an insertion O(1).
-PIN_TRIES = 8
+PIN_TRIES: Final = 8
 
 
 class Entry:
@@ -223,7 +223,7 @@ def describe(table: ClientTable | None, spec: PerClientSpec | None, addr: str) -
 
 # ---- trusted networks ------------------------------------------------------------------------------
 
-_V4_MAPPED = bytes(10) + b"\xff\xff"
+_V4_MAPPED: Final = bytes(10) + b"\xff\xff"
 
 
 def _network(text: str) -> tuple[int, int, int]:

@@ -9,12 +9,14 @@ up to our own close. Responses to HEAD, and 204 and 304, have no body whatever t
 
 from __future__ import annotations
 
+from typing import Final
+
 from ..stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
 from .message import parse_content_length
 
-NO_BODY_STATUS = (204, 304)
-_READ = frozenset((b"content-length", b"transfer-encoding", b"x-cache", b"age"))
-CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
+NO_BODY_STATUS: Final = (204, 304)
+_READ: Final = frozenset((b"content-length", b"transfer-encoding", b"x-cache", b"age"))
+CHUNKED_LINE: Final = b"Transfer-Encoding: chunked\r\n"
 
 #: response_framing's result: (the framing line(s) for the head, re-chunk the body, the body
 #: ends at the server's close, no body at all, close the client connection after it, the
@@ -38,7 +40,7 @@ def response_framing(method: bytes, version: str, status: int, headers: list[tup
         if name not in _READ:  # (most fields: one set lookup instead of four comparisons)
             continue
         if name == b"content-length":
-            length = parse_content_length(value.split(b",")[0])
+            length = parse_content_length(value if value.find(b",") < 0 else value.split(b",", 1)[0])
         elif name == b"transfer-encoding":
             chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
         elif name == b"x-cache":

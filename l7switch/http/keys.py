@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from typing import Final
 
 from .rules import RequestView
 
 KeyFunction = Callable[[RequestView, str], "str | None"]
 
 #: Kinds taken alone, and kinds that name a header, cookie or query parameter after a colon.
-PLAIN_KINDS = ("path", "url", "host", "source")
-NAMED_KINDS = ("header", "cookie", "param")
+PLAIN_KINDS: Final = ("path", "url", "host", "source")
+NAMED_KINDS: Final = ("header", "cookie", "param")
 
 
 def parse_hash_key(text: str) -> str:

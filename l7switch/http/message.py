@@ -9,39 +9,47 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import Final
 
 from ..errors import BadRequest
 
-VIA = b"1.1 l7switch"
-VIA_LINE = b"Via: " + VIA + b"\r\n"
+VIA: Final = b"1.1 l7switch"
+VIA_LINE: Final = b"Via: " + VIA + b"\r\n"
 
 # RFC 9110 §7.6.1: hop-by-hop fields never forwarded, plus whatever Connection names.
 # Proxy-Connection and Keep-Alive are the legacy ones the RFC says SHOULD go too.
 # Transfer-Encoding and Content-Length are removed here because we write framing ourselves.
 # HTTP2-Settings is hop-by-hop by definition (RFC 7540 §3.2.1): it goes with an h2c Upgrade,
 # which the switch never forwards.
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"content-length", b"http2-settings",
 })
 # Fields the switch owns on the way in: a client must not be able to forge them
 # (Envoy's edge guidance: use_remote_address). X-Forwarded-For is appended to, as nginx's
 # $proxy_add_x_forwarded_for does; Proto and Host are replaced.
-OWNED_REQUEST = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-forwarded-for", b"host"})
+OWNED_REQUEST: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-forwarded-for", b"host"})
 # Cookie fields re-written by a pool's persistence: dropped in place, written after the others.
-_COOKIE = frozenset({b"cookie"})
-_DROP_COOKIE = HOP_BY_HOP | _COOKIE
+_COOKIE: Final = frozenset({b"cookie"})
+_DROP_COOKIE: Final = HOP_BY_HOP | _COOKIE
 
 # Upgrade tokens a listener may turn into tunnels (``listen[].upgrades``). h2c is never one: a
 # tunnel would carry HTTP/2 frames past the rules (the h2c smuggling technique), and RFC 9113
 # §3.1 retired the h2c upgrade anyway; such requests are answered over HTTP/1.1 instead.
-DEFAULT_UPGRADES = frozenset({b"websocket"})
-NEVER_TUNNELLED = frozenset({b"h2c"})
+DEFAULT_UPGRADES: Final = frozenset({b"websocket"})
+NEVER_TUNNELLED: Final = frozenset({b"h2c"})
 
 # RFC 9110 §5.6.2 token, and a Host value: reg-name / IPv4 / IP-literal with an optional port
 # (RFC 9112 §3.2 — no userinfo, no path, no comma lists).
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?$")
+_TOKEN: Final = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOST: Final = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?$")
+#: Host values that matched _HOST, exactly as they came (a site has a few): checked once each.
+_VALID_HOSTS: Final[set[bytes]] = set()
+VALID_HOSTS_MAX: Final = 4096
+
+#: bytes.lower() as a table: ``name.translate(ASCII_LOWER)`` is a C call in the compiled build
+#: (a method lookup and call otherwise) and returns ``name`` itself when it is lower case already.
+ASCII_LOWER: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 
 def _phrase(status: int) -> bytes:
@@ -52,7 +60,7 @@ def _phrase(status: int) -> bytes:
 
 
 # Precomputed status lines, as uvicorn's STATUS_LINE: no formatting on the hot path.
-STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, _phrase(code)) for code in range(100, 600)}
+STATUS_LINES: Final = {code: b"HTTP/1.1 %d %s\r\n" % (code, _phrase(code)) for code in range(100, 600)}
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
@@ -88,7 +96,7 @@ def error_response(status: int, request_id: str = "", detail: str = "", close: b
 
 
 # Connection values whose options are already hop-by-hop: no per-message token parsing needed.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade", b"Keep-Alive", b"Close", b"Upgrade"})
 
 
 def hop_by_hop(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -109,12 +117,40 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 def parse_content_length(value: bytes) -> int:
-    """RFC 9110 §8.6: 1*DIGIT; leading zeros are legal and are normalised away when we forward."""
-    value = value.strip()
-    # bytes.isdigit is ASCII-only, so it is 1*DIGIT exactly (and no regex call per message).
-    if not value.isdigit() or len(value) > 18:  # 18 digits stays far below 2**63
+    """RFC 9110 §8.6: 1*DIGIT; leading zeros are legal and are normalised away when we forward.
+
+    Digit by digit, not ``int()``: the value has been checked and converted in one pass, with
+    no method call (``strip``, ``isdigit``) and no ``int(bytes)`` (~900 instructions each in
+    the compiled build)."""
+    start = 0
+    end = len(value)
+    while start < end and value[start] in (32, 9):  # OWS (RFC 9110 §5.6.3)
+        start += 1
+    while end > start and value[end - 1] in (32, 9):
+        end -= 1
+    if start == end or end - start > 18:  # 18 digits stays far below 2**63
         raise BadRequest("invalid Content-Length")
-    return int(value)
+    n = 0
+    for i in range(start, end):
+        c = value[i]
+        if c < 48 or c > 57:  # ASCII digits only: 1*DIGIT exactly
+            raise BadRequest("invalid Content-Length")
+        n = n * 10 + (c - 48)
+    return n
+
+
+#: Two hex digits for each byte value, for hex40.
+_HEX: Final = [b"%02x" % i for i in range(256)]
+
+
+def hex40(n: int) -> bytes:
+    """``b"%010x" % n`` from a table: half the cost of the formatting (compiled: 85 against
+    190 ns a call, mbm timeit on this VM); the formatting itself past 10 digits."""
+    if n >> 40:
+        return b"%x" % n
+    h = _HEX
+    return b"%s%s%s%s%s" % (h[(n >> 32) & 255], h[(n >> 24) & 255], h[(n >> 16) & 255],
+                             h[(n >> 8) & 255], h[n & 255])
 
 
 def normalize_path(path: str) -> str:
@@ -134,8 +170,8 @@ def normalize_path(path: str) -> str:
     return path
 
 
-_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PCT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
 def _decode_unreserved(m: re.Match[str]) -> str:
@@ -184,7 +220,7 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-_UPGRADES: dict[tuple[str, ...], frozenset[bytes]] = {}
+_UPGRADES: Final[dict[tuple[str, ...], frozenset[bytes]]] = {}
 
 
 def upgrade_tokens(names: tuple[str, ...]) -> frozenset[bytes]:
@@ -256,7 +292,7 @@ def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
         target = url
     else:
         raise BadRequest("invalid request target")
-    if b"#" in target:
+    if target.find(b"#") >= 0:  # (``b"#" in target`` raises and clears a TypeError inside CPython)
         raise BadRequest("fragment in request target")  # not in request-target grammar
     if len(hosts) > 1:
         raise BadRequest("more than one Host")
@@ -264,9 +300,14 @@ def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
         if version == "1.1":
             raise BadRequest("missing Host")  # RFC 9112 §3.2
         hosts = [b""]
-    host = hosts[0].strip()
-    if not _HOST.match(host):
-        raise BadRequest("invalid Host")
+    host = hosts[0]
+    if host not in _VALID_HOSTS:  # a set lookup instead of the regex for hosts seen before
+        host = host.strip()
+        if not _HOST.match(host):
+            raise BadRequest("invalid Host")
+        if len(_VALID_HOSTS) >= VALID_HOSTS_MAX:
+            _VALID_HOSTS.clear()  # random Host values cost a regex each, never memory
+        _VALID_HOSTS.add(host)
     head.host = host
     raw_path, _, query = target.partition(b"?")
     head.query = query.decode("latin-1")
@@ -327,7 +368,7 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
     out.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
     out.append(b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nVia: %s\r\n" % (proto, head.host, VIA))
     if id_header and not has_id:
-        out.append(b"%s: %s%010x\r\n" % (id_name, id_prefix, seq))
+        out.append(b"%s: %s%s\r\n" % (id_name, id_prefix, hex40(seq)))
     if head.upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % head.upgrade)
     if chunked:
@@ -345,16 +386,17 @@ def forward_response_head(status: int, reason: bytes, headers: list[tuple[bytes,
     ``extra`` more complete lines (persistence's Set-Cookie)."""
     drop = hop_by_hop(headers)
     out = [status_line(status, reason)]
-    add = out.append
+    # out.append, not a local alias of it: compiled, the method is a C call; the alias would
+    # be a Python bound method called through vectorcall four times per field.
     for name, value in headers:
         if name not in drop:
-            add(name)
-            add(b": ")
-            add(value)
-            add(b"\r\n")
-    add(VIA_LINE)
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+    out.append(VIA_LINE)
     if extra:
-        add(extra)
+        out.append(extra)
     if upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
     elif close:

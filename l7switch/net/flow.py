@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Final
 
 # Reasons to stop reading a transport.
-PEER_FULL = 1  # the other side's write buffer is above its high-water mark
-WAITING = 2  # nothing may be read now (pipelined request queued, or waiting on a server)
-SPLICING = 4  # a splice job drives this socket's fd directly (net/splice.py)
-CLOSING = 8  # an error answer is on its way; what the peer sends next is ignored
-TURN = 16  # a new connection's first bytes wait for their turn (proxy/state.py FirstBytes)
+PEER_FULL: Final = 1  # the other side's write buffer is above its high-water mark
+WAITING: Final = 2  # nothing may be read now (pipelined request queued, or waiting on a server)
+SPLICING: Final = 4  # a splice job drives this socket's fd directly (net/splice.py)
+CLOSING: Final = 8  # an error answer is on its way; what the peer sends next is ignored
+TURN: Final = 16  # a new connection's first bytes wait for their turn (proxy/state.py FirstBytes)
 
 # uvloop's FLOW_CONTROL_HIGH_WATER is 64 KiB; uvicorn's HIGH_WATER_LIMIT is the same.
-HIGH_WATER = 64 * 1024
+HIGH_WATER: Final = 64 * 1024
 
 
 class FlowControl:

@@ -20,16 +20,16 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from typing import Any, Final
 
 from ..net.logfile import LogFile
 from ..spec import LogSpec
 
 #: An error the switch answered, by status: who ended the request (the json ``term`` field).
-ERROR_TERM = {408: "timeout", 504: "timeout", 502: "server"}
+ERROR_TERM: Final = {408: "timeout", 504: "timeout", 502: "server"}
 
 # nginx escapes '"', '\' and bytes outside printable ASCII in its log variables as \xHH.
-_UNSAFE = re.compile(rb'["\\\x00-\x1f\x7f-\xff]')
+_UNSAFE: Final = re.compile(rb'["\\\x00-\x1f\x7f-\xff]')
 
 
 def _escape(value: bytes) -> bytes:
@@ -44,14 +44,14 @@ def _ms(start: float, end: float) -> float:
 
 # JSON strings: most values need no escaping; json.dumps only for those that do (a line is
 # built with one % format: json.dumps of a dict costs ~10 µs, this ~2.5).
-_JSON_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f-\U0010ffff]')
+_JSON_UNSAFE: Final = re.compile(r'["\\\x00-\x1f\x7f-\U0010ffff]')
 
 
 def _js(value: str) -> str:
     return f'"{value}"' if _JSON_UNSAFE.search(value) is None else json.dumps(value)
 
 
-_JSON_LINE = ('{"time":%.3f,"client":"%s","port":%d,"listener":"%s","method":%s,"target":%s,'
+_JSON_LINE: Final = ('{"time":%.3f,"client":"%s","port":%d,"listener":"%s","method":%s,"target":%s,'
               '"version":"%s","host":%s,"status":%d,"bytes_in":%d,"bytes_out":%d,"rule":%s,'
               '"pool":%s,"server":%s,"retries":%d,"t_head":%.3f,"t_queue":%.3f,"t_connect":%.3f,'
               '"t_response":%.3f,"t_total":%.3f,"term":"%s","id":"%s"}\n')

@@ -10,13 +10,15 @@ the retry because nothing reached the server). A chunked body is re-chunked as i
 
 from __future__ import annotations
 
+from typing import Final
+
 from ..errors import PayloadTooLarge
 from ..net.flow import HIGH_WATER
 
-CHUNK_END = b"0\r\n\r\n"
+CHUNK_END: Final = b"0\r\n\r\n"
 # Bytes kept for a resend at most: four times the write high-water mark. A bigger body sent
 # before the server's first byte cannot be sent again, and a stale connection then means 502.
-KEEP_LIMIT = 4 * HIGH_WATER
+KEEP_LIMIT: Final = 4 * HIGH_WATER
 
 
 class RequestBody:

@@ -8,7 +8,7 @@ passed through (Content-Length), re-chunked (chunked, or close-delimited to a ke
 client) or spliced (known length above ``splice.threshold``). An accepted Upgrade becomes a
 tunnel (net/tunnel.py) after the server's 101.
 
-Its life is one ``Phase``, set where each transition happens::
+Its life is one phase, set where each transition happens::
 
     PENDING -> [BUFFERING] -> [QUEUED] -> CONNECTING -> AWAITING -> RELAYING -> COMPLETE -> DONE
                                                  ^           |  |          '-> SPLICING -'
@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from enum import IntEnum
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ..balance.dispatch import Wait, choose, choose_again, room_for, unavailable
 from ..balance.pool import ServerPool
@@ -61,6 +59,7 @@ from ..http.framing import response_framing
 from ..stats import count
 from ..http.message import RequestHead, forward_request_head, forward_response_head
 from ..net import flow
+from ..net.clock import monotonic
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
 from ..net.ratelog import fd_log
 from ..net.splice import Splices
@@ -74,22 +73,21 @@ from .upstream import ConnectionPool, UpstreamConnection
 log = logging.getLogger("l7switch")
 
 
-class Phase(IntEnum):
-    PENDING = 0  # parsed and routed; waits behind an earlier request on its client connection
-    BUFFERING = 1  # reads the first limits.buffer_body bytes of its body before choosing a server
-    QUEUED = 2  # waits in a pool's or server's queue for a server below its maxconn
-    CONNECTING = 3  # a server is chosen; its connection is being opened (request bytes wait)
-    AWAITING = 4  # connected: the request goes up as it arrives; no final response head yet
-    UPGRADING = 5  # the server answered 101; the tunnel starts when its parser hands over
-    RELAYING = 6  # the response head is out; the body streams through Python
-    SPLICING = 7  # the response body crosses by splice(2)
-    COMPLETE = 8  # the response has been read in full; the exchange ends after this read
-    TUNNEL = 9  # after a 101: bytes both ways until either side closes
-    DONE = 10  # answered, failed or abandoned; nothing more happens
-
-
-(PENDING, BUFFERING, QUEUED, CONNECTING, AWAITING, UPGRADING, RELAYING, SPLICING, COMPLETE, TUNNEL,
- DONE) = Phase
+# An exchange's phase (plain ints: the compiled build compares them as C integers, where an
+# IntEnum costs a rich comparison of two objects each time).
+PENDING: Final = 0  # parsed and routed; waits behind an earlier request on its client connection
+BUFFERING: Final = 1  # reads the first limits.buffer_body bytes of its body before choosing a server
+QUEUED: Final = 2  # waits in a pool's or server's queue for a server below its maxconn
+CONNECTING: Final = 3  # a server is chosen; its connection is being opened (request bytes wait)
+AWAITING: Final = 4  # connected: the request goes up as it arrives; no final response head yet
+UPGRADING: Final = 5  # the server answered 101; the tunnel starts when its parser hands over
+RELAYING: Final = 6  # the response head is out; the body streams through Python
+SPLICING: Final = 7  # the response body crosses by splice(2)
+COMPLETE: Final = 8  # the response has been read in full; the exchange ends after this read
+TUNNEL: Final = 9  # after a 101: bytes both ways until either side closes
+DONE: Final = 10  # answered, failed or abandoned; nothing more happens
+PHASE_NAMES: Final = ("pending", "buffering", "queued", "connecting", "awaiting", "upgrading", "relaying",
+                      "splicing", "complete", "tunnel", "done")
 
 #: All bodies in BUFFERING hold at most this many bytes together (1,024 bodies of 64 KiB); past
 #: it, requests connect at their head. Our bound, so that 20,000 hostile uploads cannot hold
@@ -98,7 +96,7 @@ BUFFER_BUDGET = 64 * 1024 * 1024
 
 #: Methods a request may be re-sent with after its connection closed unanswered (RFC 9110
 #: §9.2.2: idempotent; the retry list of the issue and HAProxy's "retry-on" safe set).
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
 class Exchange:
@@ -129,7 +127,7 @@ class Exchange:
         self.server: Server | None = None  # counted in flight (pool.begin) while set
         self.cpool: ConnectionPool | None = None
         self.up: UpstreamConnection | None = None
-        self.t0 = time.monotonic()
+        self.t0 = monotonic()
         has_body = head.chunked or bool(head.content_length)
         self.body = RequestBody(head.chunked, gen.limits.max_body_bytes) if has_body else None
         self.resendable = False  # sent on a reused connection that has not answered yet
@@ -205,7 +203,7 @@ class Exchange:
     # ---- waiting for a slot (balance/queue.py) ----------------------------------------------------
     def _wait(self, server: Server | None) -> None:
         queue = self.pool.queue
-        self.t_queued = now = time.monotonic()
+        self.t_queued = now = monotonic()
         ticket = queue.push(self, server, now)
         if ticket is None:
             self.fail(ServiceUnavailable(f"queue of pool '{self.pool.name}' full ({queue.max} waiting)",
@@ -240,7 +238,7 @@ class Exchange:
         ticket, self.ticket = self.ticket, None
         if ticket is not None:
             self.state.clock.unwatch(ticket)
-            self.waited += time.monotonic() - self.t_queued
+            self.waited += monotonic() - self.t_queued
         return ticket
 
     def _use(self, server: Server) -> None:
@@ -248,7 +246,7 @@ class Exchange:
         self.server = server
         self.attempts += 1
         self.pool.begin(server)
-        self.t_connect = time.monotonic()
+        self.t_connect = monotonic()
         self.cpool = cpool = self.gen.cpools[server]
         conn = cpool.acquire()
         if conn is not None:
@@ -343,7 +341,7 @@ class Exchange:
             uf.pause_reading(PEER_FULL)
         # While the body is still coming, the client's pace governs (timeouts.client); the
         # server owes us nothing yet.
-        self.t_sent = now = time.monotonic()
+        self.t_sent = now = monotonic()
         conn.deadline = now + self.gen.timeouts.server if self.req_done else 0.0
         gen = self.gen
         head = forward_request_head(self.head, client.peer_ip, client.proto, self.head.chunked,
@@ -401,7 +399,7 @@ class Exchange:
             self.body.end()
         up = self.up
         if up is not None and self.phase == AWAITING:
-            up.deadline = time.monotonic() + self.gen.timeouts.server  # now the server owes an answer
+            up.deadline = monotonic() + self.gen.timeouts.server  # now the server owes an answer
         elif self.phase == BUFFERING:
             self.start()  # the whole body is here
         if self.phase == COMPLETE:
@@ -463,7 +461,7 @@ class Exchange:
                 self.to_client.append(forward_response_head(status, b"", headers, b"", False))
             return
         server = self.server
-        self.t_resp = now = time.monotonic()
+        self.t_resp = now = monotonic()
         if server is not None:
             server.record_latency(now - self.t0)
             if server.errors or self.pool.observe_l7:
@@ -663,7 +661,7 @@ class Exchange:
         if up is None:
             return
         if not writable:
-            up.deadline = time.monotonic() + self.gen.timeouts.server
+            up.deadline = monotonic() + self.gen.timeouts.server
         elif not self.req_done and self.phase == AWAITING:
             up.deadline = 0.0  # back to the client's pace
 
@@ -673,7 +671,7 @@ class Exchange:
         up = self.up
         if up is None or self.phase not in (AWAITING, RELAYING):
             return
-        up.deadline = time.monotonic() + self.gen.timeouts.server if writable else 0.0
+        up.deadline = monotonic() + self.gen.timeouts.server if writable else 0.0
 
     # ---- failures ---------------------------------------------------------------------------------
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -822,7 +820,7 @@ class Exchange:
         server = self.server
         count(server.traffic if server is not None else self.pool.unserved, self.client.traffic, status,
               body.received if body is not None else 0, self.resp_bytes,
-              time.monotonic() - (self.t_head or self.t0), self.cache)
+              monotonic() - (self.t_head or self.t0), self.cache)
 
     # ---- introspection ------------------------------------------------------------------------------
     def _where(self) -> str:
@@ -830,7 +828,7 @@ class Exchange:
         return f"{self.pool.name}/{s.name} ({s.address})" if s is not None else f"pool {self.pool.name}"
 
     def snapshot(self) -> dict[str, Any]:
-        return {"id": self.request_id, "phase": self.phase.name.lower(),
+        return {"id": self.request_id, "phase": PHASE_NAMES[self.phase],
                 "method": self.head.method.decode("latin-1"), "path": self.head.path,
                 "rule": self.route, "pool": self.pool.name,
                 "server": self.server.name if self.server is not None else None,
@@ -839,4 +837,4 @@ class Exchange:
     def __repr__(self) -> str:
         server = self.server.address if self.server else "-"
         return (f"<Exchange {self.head.method.decode()} {self.head.path} -> {self.pool.name}/{server} "
-                f"{self.phase.name.lower()} status={self.status}>")
+                f"{PHASE_NAMES[self.phase]} status={self.status}>")

@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 
 from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
-from ..http.message import DEFAULT_UPGRADES, check_request, error_response, upgrade_tokens
+from ..http.message import ASCII_LOWER, DEFAULT_UPGRADES, check_request, error_response, upgrade_tokens
 from ..http.rules import RequestView
+from ..net.clock import monotonic
 from ..net.flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, TURN, WAITING, FlowControl
 from ..net.tunnel import TO_SERVER, Tunnel
 from ..spec import ListenerSpec
@@ -48,11 +48,14 @@ from .state import SwitchState
 log = logging.getLogger("l7switch")
 
 # Connection states, for the deadline sweep.
-IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
-STATE_NAMES = ("idle", "head", "body", "busy")
+IDLE: Final = 0
+HEAD: Final = 1
+BODY: Final = 2
+BUSY: Final = 3
+STATE_NAMES: Final = ("idle", "head", "body", "busy")
 # Raw head bytes allowed beyond limits.max_header_bytes, which counts the target and the fields:
 # the method, version and line ends around them.
-HEAD_SLACK = 256
+HEAD_SLACK: Final = 256
 
 
 class _NoCallbacks:
@@ -60,13 +63,13 @@ class _NoCallbacks:
     parser no longer form a reference cycle that only the cyclic GC could free."""
 
 
-CLOSED_PARSER = httptools.HttpRequestParser(_NoCallbacks())
+CLOSED_PARSER: Final = httptools.HttpRequestParser(_NoCallbacks())
 
 
 #: How long a graceful stop leaves an idle (or not yet spoken) connection open for a request that
 #: may already be on its way; a client that sends nothing meanwhile is closed. Our choice: a few
 #: round trips on any network a switch fronts.
-SHUTDOWN_GRACE = 0.25
+SHUTDOWN_GRACE: Final = 0.25
 
 
 class ClientConnection(asyncio.Protocol):
@@ -132,7 +135,7 @@ class ClientConnection(asyncio.Protocol):
         # not timeouts.client: a connection that sends nothing, or a byte now and then, is gone
         # by then.
         self.state = HEAD
-        now = time.monotonic()
+        now = monotonic()
         self.deadline = now + sw.current.timeouts.header
         sw.fresh[self] = now
         sw.clock.watch(self)
@@ -176,7 +179,7 @@ class ClientConnection(asyncio.Protocol):
         if state == IDLE:
             # The next request's first byte: its head is due timeouts.header from now.
             self.state = state = HEAD
-            self.deadline = time.monotonic() + self.switch.current.timeouts.header
+            self.deadline = monotonic() + self.switch.current.timeouts.header
             self.switch.idle.pop(self, None)
         # (BODY: the pace's looks judge silence and rate from the byte count; no store per read.)
         heads = self.requests
@@ -317,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
         # The client stopped reading: timeouts.client is how long it may stay so. (While its
         # body arrives the pace's looks go on: a client sending is not silent.)
         if self.state != BODY:
-            self.deadline = time.monotonic() + self.switch.current.timeouts.client
+            self.deadline = monotonic() + self.switch.current.timeouts.client
         if self.exchange is not None:
             self.exchange.client_writable(False)
 
@@ -326,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state == BUSY:
             self.deadline = 0.0
         elif self.state == IDLE:
-            self.deadline = time.monotonic() + self.switch.current.timeouts.keepalive
+            self.deadline = monotonic() + self.switch.current.timeouts.keepalive
         if self.exchange is not None:
             self.exchange.client_writable(True)
 
@@ -340,7 +343,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_trailers = False
         if self.state == IDLE:
             self.state = HEAD
-            self.deadline = time.monotonic() + self.switch.current.timeouts.header
+            self.deadline = monotonic() + self.switch.current.timeouts.header
             self.switch.idle.pop(self, None)
 
     def on_url(self, url: bytes) -> None:
@@ -362,7 +365,9 @@ class ClientConnection(asyncio.Protocol):
             raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
         # llhttp drops leading OWS but keeps trailing OWS; RFC 9110 §5.5 excludes both from the
         # field value. Rules must match (and the server get) the value a server would parse.
-        headers.append((name.lower(), value.rstrip(b" \t")))
+        if value and value[len(value) - 1] in (32, 9):
+            value = value.rstrip(b" \t")
+        headers.append((name.translate(ASCII_LOWER), value))
 
     def on_headers_complete(self) -> None:
         self.in_trailers = True
@@ -461,7 +466,7 @@ class ClientConnection(asyncio.Protocol):
         t = self.switch.current.timeouts
         # Keep-alive idle: timeouts.keepalive (HAProxy "timeout http-keep-alive"); a client that
         # has not read the last response yet is not idle but not reading: timeouts.client.
-        now = time.monotonic()
+        now = monotonic()
         self.deadline = now + (t.keepalive if self.flow.writable else t.client)
         self.switch.idle[self] = now  # the newest idle, last to go under pressure
 
@@ -489,7 +494,7 @@ class ClientConnection(asyncio.Protocol):
             self._busy()
         else:
             self.state = BODY
-            now = time.monotonic()
+            now = monotonic()
             self.pace = BodyPace(now, self._body_total(ex))
             self.deadline = now + BodyPace.step(self.switch.current.timeouts.client)
 
@@ -498,7 +503,7 @@ class ClientConnection(asyncio.Protocol):
         client is not reading what we write (then timeouts.client)."""
         self.state = BUSY
         self.pace = None
-        self.deadline = 0.0 if self.flow.writable else time.monotonic() + self.switch.current.timeouts.client
+        self.deadline = 0.0 if self.flow.writable else monotonic() + self.switch.current.timeouts.client
 
     @staticmethod
     def _body_total(ex: Exchange) -> int:

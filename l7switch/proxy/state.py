@@ -18,10 +18,9 @@ import asyncio
 import logging
 import math
 import os
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..balance.build import build_pools
 from ..balance.pool import ServerPool
@@ -30,7 +29,7 @@ from ..balance.store import Tables
 from ..errors import TooManyRequests
 from ..guard.clients import ClientTable
 from ..http.rules import Router
-from ..net.clock import Clock, Timed, tick_for
+from ..net.clock import Clock, Timed, monotonic, tick_for
 from ..net.ratelog import RateLimited
 from ..stats import Traffic
 from ..spec import Config, LogSpec
@@ -43,7 +42,7 @@ log = logging.getLogger("l7switch")
 #: first, until the count is back under it (the issue's "~80%"; nginx drains its reusable
 #: keep-alive connections, oldest first, once fewer than 1/16 of worker_connections are free:
 #: ngx_drain_connections, "reusing connections in advance" since 1.19.2).
-PRESSURE = 0.8
+PRESSURE: Final = 0.8
 
 Defer = Callable[[Callable[[], Any], Callable[[Any], None]], None]
 
@@ -70,7 +69,7 @@ class Accept(Protocol):
 #: The listeners accept again once the clients are down to this share of the cap: a gap between
 #: the two marks keeps a busy switch from pausing and resuming on every connection (HAProxy
 #: resumes its listeners as soon as one slot is free, but pays less for a pause than a listen()).
-RESUME_AT = 0.9
+RESUME_AT: Final = 0.9
 
 
 #: Under pressure only connections quiet for at least this long are closed: a keep-alive
@@ -85,7 +84,7 @@ EVICT_AFTER = 1.0
 #: its attackers reconnecting together) otherwise parses, routes and connects them all in one
 #: turn, and every established client waits behind them (HAProxy bounds the same work per
 #: turn with tune.maxaccept, 64 by default, and its run queue depth).
-FIRST_PER_TURN = 64
+FIRST_PER_TURN: Final = 64
 
 
 class Newcomer(Protocol):
@@ -282,7 +281,7 @@ class SwitchState:
         retries a request on a closed idle connection, RFC 9112 §9.3.1). Returns how many were
         closed. The connection cap calls this at accept time, the clock once a tick."""
         if now is None:
-            now = time.monotonic()
+            now = monotonic()
         limit = now - EVICT_AFTER
         closed = 0
         fresh = self.fresh

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
-from ..net.clock import Clock
+from ..http.message import ASCII_LOWER
+from ..net.clock import Clock, monotonic
 from ..net.flow import PEER_FULL, FlowControl
 from ..net.ratelog import fd_exhausted
 from ..net.tunnel import TO_CLIENT, Tunnel
@@ -33,7 +33,7 @@ from .ports import ResponseSink
 log = logging.getLogger("l7switch")
 
 # Response header fields accepted from a server; HAProxy's tune.http.maxhdr default is 101.
-MAX_RESPONSE_HEADERS = 101
+MAX_RESPONSE_HEADERS: Final = 101
 
 
 class _NoCallbacks:
@@ -41,7 +41,7 @@ class _NoCallbacks:
     parser no longer form a reference cycle that only the cyclic GC could free."""
 
 
-CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())
+CLOSED_PARSER: Final = httptools.HttpResponseParser(_NoCallbacks())
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -106,7 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.owner is not None:
                 # More of this response is to come: timeouts.server is the longest silence,
                 # so every read re-arms it. (A response that ended here has been released.)
-                self.deadline = time.monotonic() + self.cpool.server_timeout
+                self.deadline = monotonic() + self.cpool.server_timeout
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -145,7 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.headers
-        headers.append((name.lower(), value))
+        headers.append((name.translate(ASCII_LOWER), value))
         if len(headers) > MAX_RESPONSE_HEADERS:
             raise ValueError(f"more than {MAX_RESPONSE_HEADERS} response header fields")
 
@@ -262,7 +262,7 @@ class ConnectionPool:
         if conn.closed or not conn.keep_alive or len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.deadline = time.monotonic() + self.idle_timeout
+        conn.deadline = monotonic() + self.idle_timeout
         flow = conn.flow
         if flow is not None:
             peer = flow.peer

@@ -45,7 +45,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..servers import Server
 from .base import Option, Scheduler, choice, duration, fmix32, integer, key_hash, least_loaded
@@ -54,13 +54,13 @@ __all__ = ["KeyTable", "ServerSet", "LocalityScheduler", "TABLE_OPTIONS", "CAPAC
            "half_load_overloaded", "most_loaded", "rendezvous"]
 
 #: IPVS LBLC/LBLCR's table limit: ``1 << CONFIG_IP_VS_LBLC_TAB_BITS`` (1024) buckets times 16.
-DEFAULT_MAX_ENTRIES = 16 * 1024
+DEFAULT_MAX_ENTRIES: Final = 16 * 1024
 #: IPVS's ``lblc_expiration`` and ``lblcr_expiration`` sysctls default to a day.
-DEFAULT_EXPIRATION = 24 * 60 * 60.0
+DEFAULT_EXPIRATION: Final = 24 * 60 * 60.0
 #: Expired entries dropped from the cold end per insertion; bounds the work on one request.
-_SWEEP_PER_INSERT = 8
+_SWEEP_PER_INSERT: Final = 8
 
-TABLE_OPTIONS: dict[str, Option] = {
+TABLE_OPTIONS: Final[dict[str, Option]] = {
     "max_entries": Option(integer(1), DEFAULT_MAX_ENTRIES,
                           "keys remembered at most; beyond that the least recently used is "
                           "forgotten (IPVS LBLC/LBLCR: 16384)"),
@@ -76,9 +76,9 @@ TABLE_OPTIONS: dict[str, Option] = {
 # ---- the overload test of lblc and lblcr ----------------------------------------------------
 
 #: LARD's T_high (Pai et al. 1998): in-flight requests per unit of weight before "overloaded".
-DEFAULT_CAPACITY = 65
+DEFAULT_CAPACITY: Final = 65
 
-CAPACITY_OPTION = Option(integer(1), DEFAULT_CAPACITY,
+CAPACITY_OPTION: Final = Option(integer(1), DEFAULT_CAPACITY,
                          "in-flight requests per unit of weight above which a key's server is "
                          "overloaded (when another server is under half that)")
 
@@ -95,7 +95,7 @@ def half_load_overloaded(n: Server, servers: Sequence[Server], capacity: float) 
 
 # ---- placement by hash ------------------------------------------------------------------------
 
-_TWO32 = float(1 << 32)
+_TWO32: Final = float(1 << 32)
 
 
 def rendezvous(servers: Sequence[Server], seeds: Sequence[int], h: int) -> Server | None:

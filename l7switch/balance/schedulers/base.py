@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -91,7 +91,7 @@ def _hash_key(v: Any) -> str:
 
 
 #: The options of every scheduler that hashes or tracks a request key.
-KEY_OPTIONS: dict[str, Option] = {
+KEY_OPTIONS: Final[dict[str, Option]] = {
     "hash_key": Option(_hash_key, "path", "what a request is keyed on: path, url, host, source, "
                        "header:NAME, cookie:NAME or param:NAME"),
     "trust_forwarded": Option(boolean, False, "with hash_key source: key on the last address in "
@@ -268,7 +268,7 @@ def fmix32(h: int) -> int:
 # ---- the registry -----------------------------------------------------------------------------
 
 #: Scheduler classes by name; each module of this package registers its own (``@register``).
-SCHEDULERS: dict[str, type[Scheduler]] = {}
+SCHEDULERS: Final[dict[str, type[Scheduler]]] = {}
 
 
 def register(cls: type[Scheduler]) -> type[Scheduler]:

@@ -34,7 +34,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, Final
 
 from ..servers import Server
 from .base import KEY_OPTIONS, Option, Scheduler, integer, key_hash, least_loaded, register
@@ -42,9 +42,9 @@ from .base import KEY_OPTIONS, Option, Scheduler, integer, key_hash, least_loade
 __all__ = ["ConsistentHash", "point_hash", "build_ring"]
 
 #: Ring points per unit of weight: ketama's 40 hashes x 4 points each.
-DEFAULT_POINTS = 160
+DEFAULT_POINTS: Final = 160
 #: Mirrokni et al.'s 1 + epsilon; HAProxy's "reasonable values are from 125 to 200".
-DEFAULT_BALANCE_FACTOR = 1.25
+DEFAULT_BALANCE_FACTOR: Final = 1.25
 
 
 def point_hash(label: str) -> int:

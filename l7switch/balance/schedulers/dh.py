@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from ..servers import Server
 from .base import KEY_OPTIONS, Option, Scheduler, boolean, key_hash, least_loaded, register
 
 #: IPVS's ``IP_VS_DH_TAB_SIZE`` and ``IP_VS_SH_TAB_SIZE``: ``1 << CONFIG_IP_VS_*_TAB_BITS`` (8).
-TABLE_SIZE = 256
+TABLE_SIZE: Final = 256
 #: Rehashes tried before giving up on the table; ip_vs_sh_get_fallback tries the table size.
-FALLBACK_TRIES = TABLE_SIZE
+FALLBACK_TRIES: Final = TABLE_SIZE
 
 Table = tuple["Server | None", ...]
 

@@ -37,7 +37,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..servers import Server
 from .base import KEY_OPTIONS, Option, Scheduler, integer, key_hash, least_loaded, register
@@ -46,11 +46,11 @@ __all__ = ["Maglev", "populate", "permutation", "default_table_size", "smallest_
            "is_prime", "next_prime", "IPVS_SIZES"]
 
 #: The table sizes IPVS mh offers (CONFIG_IP_VS_MH_TAB_INDEX 8..17): primes near powers of two.
-IPVS_SIZES = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
+IPVS_SIZES: Final = (251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071)
 #: IPVS's default (index 12).
-IPVS_DEFAULT_SIZE = 4093
+IPVS_DEFAULT_SIZE: Final = 4093
 #: Envoy's ceiling for its Maglev ``table_size``; a pure-Python build of it takes seconds.
-MAX_TABLE_SIZE = 5_000_011
+MAX_TABLE_SIZE: Final = 5_000_011
 
 
 def is_prime(n: int) -> bool:

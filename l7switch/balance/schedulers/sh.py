@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from functools import reduce
 from math import gcd
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from ..servers import Server
 from .base import KEY_OPTIONS, Option, register
 from .dh import TABLE_SIZE, DestinationHash, Table
 
-_HASH_KEY = KEY_OPTIONS["hash_key"]
+_HASH_KEY: Final = KEY_OPTIONS["hash_key"]
 
 
 def weighted_table(servers: Sequence[tuple[Server, int]]) -> Table:
