@@ -10,8 +10,12 @@ counts (``--requests N`` and ``4 * N``) cancel start-up and shutdown: per reques
 (I(4N) - I(N)) / 3N. Everything is bounded: each run has a time limit and the process group is
 killed in the end.
 
+``--haproxy`` adds HAProxy (one thread, bench/run.py's configuration) under the same count, for
+scale: a C proxy's instructions per request in user space. (Kernel work — the system calls,
+TCP — is not counted for either; run.py's CPU per request has it.)
+
 Usage:  python bench/instructions.py [--requests 500] [--size 100b] [--baseline DIR]
-            [--access-log combined|json]
+            [--access-log combined|json] [--haproxy]
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import benchlib as bl
+import run  # bench/run.py: HAProxy's configuration, the same as in the wall-clock runs
 
 RUN_LIMIT = 600.0  # seconds for one run under valgrind (about 50x slower than native)
 
@@ -59,20 +64,24 @@ def send_requests(port: int, path: str, n: int, size: int, timeout: float) -> No
 
 
 def count(build: Path | None, tmp: Path, procs: bl.Procs, origin: int, n: int, size_name: str,
-          tag: str, access_log: str | None = None) -> int:
+          tag: str, access_log: str | None = None, haproxy: str | None = None) -> int:
     """Total instructions of one switch run serving ``n`` requests (``access_log``: with the
-    access log in that format, to a file)."""
+    access log in that format, to a file; ``haproxy``: that HAProxy binary instead)."""
     port = bl.free_port()
-    cfg = bl.write_l7switch_config(tmp, port, origin, name=f"l7switch-{tag}")
-    if access_log:
-        with cfg.open("a") as f:
-            f.write(f"log: {{access: {tmp / f'access-{tag}.log'}, format: {access_log}}}\n")
     out = tmp / f"callgrind-{tag}.out"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    if build is not None:
-        env["PYTHONPATH"] = str(build)
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-           sys.executable, "-m", "l7switch", "run", "-c", str(cfg)]
+    if haproxy is not None:
+        # -db: foreground, one process; SIGTERM stops it at once and callgrind writes its totals.
+        target = [haproxy, "-f", str(run.haproxy_cfg(tmp, port, origin)), "-db"]
+    else:
+        cfg = bl.write_l7switch_config(tmp, port, origin, name=f"l7switch-{tag}")
+        if access_log:
+            with cfg.open("a") as f:
+                f.write(f"log: {{access: {tmp / f'access-{tag}.log'}, format: {access_log}}}\n")
+        if build is not None:
+            env["PYTHONPATH"] = str(build)
+        target = [sys.executable, "-m", "l7switch", "run", "-c", str(cfg)]
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *target]
     proc = procs.start(f"switch-{tag}", cmd, env=env)
     err = bl.wait_port(port, proc, timeout=120.0)
     if err:
@@ -97,26 +106,30 @@ def main() -> int:
     ap.add_argument("--baseline", type=Path, metavar="DIR", help="also count the l7switch in source tree DIR")
     ap.add_argument("--access-log", choices=("combined", "json"), metavar="FORMAT",
                     help="also count this tree with its access log to a file in FORMAT")
+    ap.add_argument("--haproxy", action="store_true", help="also count HAProxy (one thread), for scale")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         ap.error("valgrind is not installed (apt-get install -y valgrind)")
-    tools = bl.ensure_tools(("nginx",))
+    tools = bl.ensure_tools(("nginx", "haproxy") if args.haproxy else ("nginx",))
     tmp = Path(tempfile.mkdtemp(prefix="l7insn-"))
     procs = bl.Procs(tmp)
-    builds: list[tuple[str, Path | None, str | None]] = [("this tree", None, None)]
+    # (label, tag, source tree or None for this one, access log format, HAProxy binary)
+    builds: list[tuple[str, str, Path | None, str | None, str | None]] = [("this tree", "this", None, None, None)]
     if args.baseline is not None:
-        builds.insert(0, (f"baseline {args.baseline}", args.baseline.resolve(), None))
+        builds.insert(0, (f"baseline {args.baseline}", "base", args.baseline.resolve(), None, None))
     if args.access_log:
-        builds.append((f"this tree, access log {args.access_log}", None, args.access_log))
+        builds.append((f"this tree, access log {args.access_log}", f"log-{args.access_log}", None,
+                       args.access_log, None))
+    if args.haproxy:
+        builds.append(("HAProxy (nbthread 1)", "haproxy", None, None, tools["haproxy"]))
     n1, n2 = args.requests, 4 * args.requests
     results: list[tuple[str, float]] = []
     try:
         origin = bl.start_origin(procs, tmp, tools["nginx"])
-        for label, build, access_log in builds:
-            tag = "base" if build is not None else f"log-{access_log}" if access_log else "this"
-            i1 = count(build, tmp, procs, origin, n1, args.size, f"{tag}-{n1}", access_log)
-            i2 = count(build, tmp, procs, origin, n2, args.size, f"{tag}-{n2}", access_log)
+        for label, tag, build, access_log, haproxy in builds:
+            i1 = count(build, tmp, procs, origin, n1, args.size, f"{tag}-{n1}", access_log, haproxy)
+            i2 = count(build, tmp, procs, origin, n2, args.size, f"{tag}-{n2}", access_log, haproxy)
             per = (i2 - i1) / (n2 - n1)
             results.append((label, per))
             print(f"# {label}: {i1:,} instructions for {n1} requests, {i2:,} for {n2}: "

@@ -66,7 +66,7 @@ from ..net.splice import Splices
 from ..net.tunnel import Tunnel
 from .accesslog import ERROR_TERM
 from .body import CHUNK_END, RequestBody
-from .ports import ClientPort
+from .ports import ClientPort, ResponseSink
 from .state import Generation, SwitchState
 from .upstream import ConnectionPool, UpstreamConnection
 
@@ -99,7 +99,7 @@ BUFFER_BUDGET = 64 * 1024 * 1024
 IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
-class Exchange:
+class Exchange(ResponseSink):
     __slots__ = (
         "client", "gen", "state", "head", "pool", "route", "key", "seq", "phase", "server", "cpool",
         "up", "t0", "body", "resendable", "req_done", "req_splice_left", "attempts", "status",

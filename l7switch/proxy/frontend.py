@@ -43,6 +43,7 @@ from ..net.tunnel import TO_SERVER, Tunnel
 from ..spec import ListenerSpec
 from .exchange import QUEUED, RELAYING, Exchange
 from .pace import BodyPace
+from .ports import ClientPort
 from .state import SwitchState
 
 log = logging.getLogger("l7switch")
@@ -72,25 +73,21 @@ CLOSED_PARSER: Final = httptools.HttpRequestParser(_NoCallbacks())
 SHUTDOWN_GRACE: Final = 0.25
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientPort):
     __slots__ = (
-        "switch", "upgrades", "transport", "flow", "parser", "peer_ip", "proto", "deadline", "state",
-        "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed", "closing_after",
-        "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "feeding", "tls",
-        "skip_head", "resume_body", "guard_key", "pace", "held", "peer_port", "listener", "traffic",
+        "switch", "upgrades", "transport", "parser", "deadline", "state",
+        "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed",
+        "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers",
+        "skip_head", "resume_body", "guard_key", "pace", "held",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
+        address = listener.address if listener is not None else ""
+        super().__init__(address, switch.traffic_of(address))  # flow, peer, proto, traffic...
         self.switch = switch
         self.upgrades = DEFAULT_UPGRADES if listener is None else upgrade_tokens(listener.upgrades)
-        self.proto = b"http"  # what X-Forwarded-Proto says
         self.transport: asyncio.Transport | None = None
-        self.flow: FlowControl = None  # type: ignore[assignment]  # set in connection_made
         self.parser: httptools.HttpRequestParser = httptools.HttpRequestParser(self)
-        self.peer_ip = ""
-        self.peer_port = 0
-        self.listener = listener.address if listener is not None else ""  # for the access log
-        self.traffic = switch.traffic_of(self.listener)
         self.traffic.connections += 1
         self.deadline = 0.0
         self.state = IDLE
@@ -101,15 +98,12 @@ class ClientConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0  # of the head being parsed: target and fields, as llhttp reports them
         self.head_fed = 0  # raw bytes fed while a head is incomplete (a line may never end)
-        self.closing_after = False  # answer what we have, then close
         self.pending_error: L7Error | None = None
         self.upgrading: Exchange | None = None  # an Upgrade request waiting for its 101
         self.tunnel: Tunnel | None = None  # after the 101: the client's bytes go here
         self.closed = False
         self.requests = 0
         self.in_trailers = False
-        self.feeding = False  # inside parser.feed_data (callbacks may run)
-        self.tls = False  # TLS terminated here: the socket carries ciphertext, so nothing splices it
         self.skip_head = False  # the parser reads a head we made up (see _resume_body)
         self.resume_body: Exchange | None = None  # an ignored Upgrade whose body llhttp skipped
         self.guard_key: str | None = None  # counted under this per-client key (limits.per_client)

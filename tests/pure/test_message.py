@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from l7switch.errors import BadRequest
+from l7switch.http import message
 from l7switch.http.message import (check_request, error_response, forward_request_head, forward_response_head,
-                                   normalize_path)
+                                   hex40, normalize_path, parse_content_length)
 
 H = [(b"host", b"example.com")]
 
@@ -53,6 +54,41 @@ def test_identical_content_length_values_collapse_and_leading_zeros_normalise() 
                          "1.1", True, False)
     assert head.content_length == 7
     assert b"Content-Length: 7\r\n" in forward_request_head(head, "10.0.0.1", b"http", False)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (b"0", 0), (b"007", 7), (b" 12\t", 12), (b"\t 5  ", 5), (b"9" * 18, 10**18 - 1),
+])
+def test_content_length_digits(value: bytes, expected: int) -> None:
+    assert parse_content_length(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    b"", b" ", b"1 2", b"+1", b"-1", b"1_0", b"0x1", b"1.0", b"9" * 19, "\u0661".encode(), b"\x00", b"1\r",
+])
+def test_content_length_that_is_not_1_digit_star_is_refused(value: bytes) -> None:
+    """RFC 9110 §8.6: 1*DIGIT (ASCII), with optional whitespace around it; what int() also
+    takes (signs, underscores, other scripts' digits) is not a length."""
+    with pytest.raises(BadRequest, match="invalid Content-Length"):
+        parse_content_length(value)
+
+
+def test_hex40_is_the_request_id_format() -> None:
+    for n in (0, 1, 255, 256, 0x123456789, 2**40 - 1, 2**40, 2**45 + 7):
+        assert hex40(n) == b"%010x" % n
+
+
+def test_host_values_are_checked_once_each_and_the_memory_is_bounded() -> None:
+    seen = message._VALID_HOSTS  # (the same set object in both builds; a final name cannot be patched)
+    seen.clear()
+    check_request(b"GET", b"/", [(b"host", b"example.com")], "1.1", True, False)
+    assert seen == {b"example.com"}
+    with pytest.raises(BadRequest, match="invalid Host"):  # a bad one is never remembered
+        check_request(b"GET", b"/", [(b"host", b"a/b")], "1.1", True, False)
+    assert seen == {b"example.com"}
+    for i in range(message.VALID_HOSTS_MAX + 10):
+        check_request(b"GET", b"/", [(b"host", b"h%d" % i)], "1.1", True, False)
+    assert len(seen) <= message.VALID_HOSTS_MAX
 
 
 def test_absolute_form_replaces_host() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import pytest
 
 from l7switch.stats import BOUNDS, CACHE_HIT, CACHE_MISS, Traffic, count, merge, quantile
@@ -19,6 +21,17 @@ def test_count_keeps_classes_bytes_cache_and_buckets() -> None:
     assert (snap["bytes_in"], snap["bytes_out"], snap["hits"], snap["misses"]) == (15, 130, 1, 1)
     assert snap["buckets"][0] == 1 and snap["buckets"][-1] == 1 and sum(snap["buckets"]) == 3
     assert snap["seconds"] == pytest.approx(70.0021)
+
+
+def test_bucket_is_the_first_bound_not_below_the_duration() -> None:
+    """count() finds the bucket by walking up from the bottom: the same as bisect_left on
+    every bound, just beside it and between two."""
+    durations = [0.0, 1e-6, 60.0, 61.0, 1e9] + [b for b in BOUNDS] + [b * 0.999 for b in BOUNDS] + [
+        b * 1.001 for b in BOUNDS]
+    for d in durations:
+        t = Traffic()
+        count(t, Traffic(), 200, 0, 0, d, 0)
+        assert t.buckets.index(1) == bisect_left(BOUNDS, d), d
 
 
 def test_quantile_interpolates_inside_a_bucket() -> None:
