@@ -41,7 +41,9 @@ test-sockets: $(BIN)/l7switch
 # start from build/compiled too (tests/kit.py PACKAGE_ROOT).
 COMPILED := build/compiled
 $(COMPILED)/.built: $(BIN)/l7switch setup.py $(shell find l7switch -name '*.py')
-	rm -rf $(COMPILED)
+	# setuptools keeps what it built in build/lib.* and would ship a module built before but no
+	# longer listed in setup.py: start from nothing.
+	rm -rf $(COMPILED) build/lib.* build/temp.* build/bdist.* build/__native* build/l7switch build/setup.py build/ops.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation --target $(COMPILED) .
 	cp -r rules $(COMPILED)/rules  # the demo finds its rule file beside the package, as in the tree
 	@ls $(COMPILED)/l7switch/proxy/exchange*.so >/dev/null 2>&1 || { echo "make compiled: no compiled modules (see above)"; exit 1; }

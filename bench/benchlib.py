@@ -332,7 +332,7 @@ PERSISTENCE = {
 
 def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str = "rr",
                           persistence: str = "none", tls: tuple[Path, Path, Path] | None = None,
-                          name: str = "l7switch") -> Path:
+                          name: str = "l7switch", health: str | None = None) -> Path:
     cfg = tmp / f"{name}.yaml"
     tls_line = f"    tls: {{cert: {tls[0]}, key: {tls[1]}}}\n" if tls else ""
     cfg.write_text(f"""listen:
@@ -341,7 +341,7 @@ def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str
   origin:
     scheduler: {scheduler}
     servers: [127.0.0.1:{origin_port}]
-{PERSISTENCE[persistence]}default_pool: origin
+{f"    health: {health}{chr(10)}" if health else ""}{PERSISTENCE[persistence]}default_pool: origin
 """)
     return cfg
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 import tempfile
@@ -119,9 +120,13 @@ def run(args: argparse.Namespace, procs: bl.Procs, tmp: Path) -> int:
         config = bl.write_l7switch_config(tmp, bl.free_port(), origin_port)
     host, port = listen_address(config)
     cmd = bl.l7switch_cmd(config)
+    env = None
+    if args.build is not None:  # that package (e.g. the compiled build) with this interpreter
+        cmd = [sys.executable, "-m", "l7switch", "run", "-c", str(config)]
+        env = {**os.environ, "PYTHONPATH": str(args.build.resolve())}
     print(f"# l7switch: {shlex.join(cmd)} (RLIMIT_NOFILE raised in the child via preexec_fn)",
           file=sys.stderr)
-    proc = procs.start("l7switch", cmd)
+    proc = procs.start("l7switch", cmd, env=env)
     if err := bl.wait_port(port, proc, timeout=10.0):
         print(f"l7switch failed to start: {err}\n{procs.log_tail('l7switch')}", file=sys.stderr)
         return 1
@@ -186,6 +191,8 @@ def main() -> int:
                          "default: generate one in front of a temp nginx origin")
     ap.add_argument("--time-limit", type=float, default=120, help="overall limit for opening conns (s)")
     ap.add_argument("--settle", type=float, default=2, help="seconds to wait before reading RSS")
+    ap.add_argument("--build", type=Path, metavar="DIR",
+                    help="run the l7switch package in DIR (e.g. build/compiled) instead of this tree")
     ap.add_argument("--keep-tmp", action="store_true", help="keep temp dir (configs, logs)")
     args = ap.parse_args()
     print(f"# command: {shlex.join([sys.executable] + sys.argv)}", file=sys.stderr)

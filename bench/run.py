@@ -33,6 +33,20 @@ BASELINE = "l7switch@base"  # --baseline DIR: another l7switch source tree, meas
 BASELINE_DIR: Path | None = None
 LOGGED = "l7switch+log"  # --access-log FORMAT: l7switch with its access log to a file, same run
 MONITORED = "l7switch+mon"  # --monitor: l7switch watched by the monitor in chromium and a scraper
+FEATURED = "l7switch+all"  # --features: a typical site's configuration (FEATURES), same run
+#: --features: what a typical site turns on, added to the plain pool: rules with regexes and
+#: host matches tried before the one that matches (first match wins, so every request walks
+#: them), cookie persistence (insert: wrk keeps no cookies, so every response sets one), HTTP
+#: health checks every second, and the access log to a file.
+FEATURES = """rules:
+  - {name: api, match: {host: api.example.com, path_prefix: /v1/}, pool: origin}
+  - {name: admin, match: {path_regex: '^/admin/(users|groups)/[0-9]+$'}, pool: origin}
+  - {name: images, match: {host: '*.example.com', extension: [png, jpg, gif, svg]}, pool: origin}
+  - {name: beta, match: {any: [{header: {X-Beta: '^(1|yes)$'}}, {cookie: {beta: '^1$'}}]}, pool: origin}
+  - {name: pages, match: {path_regex: '^/[0-9a-z]+$'}, pool: origin}
+"""
+#: --build DIR: every l7switch row runs the package in DIR (e.g. build/compiled, `make compiled`).
+BUILD_DIR: Path | None = None
 MON_PORTS: dict[str, int] = {}
 #: --workers N: l7switch with ``workers: N`` and HAProxy with ``nbthread N``, beside the one-process ones
 STEERING = "address"  # --worker-steering
@@ -132,8 +146,13 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
-        cfg = bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE, TLS,
-                                       name=name.replace("@", "-").replace("+", "-"))
+        persistence = "cookie" if name == FEATURED else PERSISTENCE
+        cfg = bl.write_l7switch_config(tmp, port, origin, SCHEDULER, persistence, TLS,
+                                       name=name.replace("@", "-").replace("+", "-"),
+                                       health="{http: {path: /100b}, interval: 1s}" if name == FEATURED else None)
+        if name == FEATURED:
+            with cfg.open("a") as f:
+                f.write(FEATURES + f"log: {{access: {tmp / 'access-all.log'}, format: combined}}\n")
         if name == LOGGED:
             with cfg.open("a") as f:
                 f.write(f"log: {{access: {tmp / 'access.log'}, format: {ACCESS_FORMAT}}}\n")
@@ -150,6 +169,9 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
                 f.write(f"workers: {name.rpartition('-x')[2]}\nadmin: off\nworker_steering: {STEERING}\n")
         cmd = bl.l7switch_cmd(cfg)
     env = None
+    if BUILD_DIR is not None and name.startswith("l7switch") and name != BASELINE:
+        cmd = [sys.executable, "-m", "l7switch"] + cmd[-3:]
+        env = {**os.environ, "PYTHONPATH": str(BUILD_DIR)}
     if name == BASELINE:
         # The same interpreter and venv (the dependencies), the other tree's package first.
         assert BASELINE_DIR is not None
@@ -346,6 +368,12 @@ def main() -> int:
     ap.add_argument("--monitor", action="store_true",
                     help=f"also measure l7switch with the monitor open in headless chromium and /metrics "
                          f"scraped every second, as '{MONITORED}' (the browser runs through the whole run)")
+    ap.add_argument("--features", action="store_true",
+                    help=f"also measure l7switch with a typical site's features on (rules with regexes "
+                         f"and hosts, cookie persistence, HTTP health checks, access log) as '{FEATURED}'")
+    ap.add_argument("--build", type=Path, metavar="DIR",
+                    help="run every l7switch row from the package in DIR (e.g. build/compiled after "
+                         "`make compiled`) instead of this source tree")
     ap.add_argument("--workers", type=int, default=0, metavar="N",
                     help="also measure l7switch with workers: N and HAProxy with nbthread N "
                          "(as l7switch-xN, haproxy-xN), in the same run")
@@ -354,7 +382,7 @@ def main() -> int:
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs/logs temp dir for inspection")
     ap.add_argument("-v", "--verbose", action="store_true", help="echo raw wrk output")
     args = ap.parse_args()
-    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS, BASELINE_DIR, ACCESS_FORMAT, STEERING
+    global SCHEDULER, PERSISTENCE, WRK_HEADER, TLS, BASELINE_DIR, ACCESS_FORMAT, STEERING, BUILD_DIR
     SCHEDULER = args.scheduler
     PERSISTENCE = args.persistence
 
@@ -368,6 +396,12 @@ def main() -> int:
             ap.error(f"--baseline {args.baseline}: no l7switch package there")
         BASELINE_DIR = args.baseline.resolve()
         proxies.insert(proxies.index("l7switch") if "l7switch" in proxies else len(proxies), BASELINE)
+    if args.build is not None:
+        if not (args.build / "l7switch" / "__init__.py").exists():
+            ap.error(f"--build {args.build}: no l7switch package there")
+        BUILD_DIR = args.build.resolve()
+    if args.features:
+        proxies.insert(proxies.index("l7switch") + 1 if "l7switch" in proxies else len(proxies), FEATURED)
     STEERING = args.worker_steering
     if args.workers > 1:
         if "haproxy" in proxies:

@@ -1,4 +1,5 @@
-"""How a response body reaches the client: the framing decision, sans-IO (RFC 9112 §6.3).
+"""How a response reaches the client, sans-IO: its fields read in one pass (what to forward,
+what framing they declare, whether a cache answered) and the framing decision (RFC 9112 §6.3).
 
 The switch always writes the framing itself (Content-Length and Transfer-Encoding are hop-by-hop
 to it, http/message.py): a length passes through, a chunked body is re-chunked, and a body that
@@ -12,54 +13,88 @@ from __future__ import annotations
 from typing import Final
 
 from ..stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
-from .message import parse_content_length
+from .message import HOP_BY_HOP, PLAIN_CONNECTION, hop_by_hop, parse_content_length
 
 NO_BODY_STATUS: Final = (204, 304)
-_READ: Final = frozenset((b"content-length", b"transfer-encoding", b"x-cache", b"age"))
 CHUNKED_LINE: Final = b"Transfer-Encoding: chunked\r\n"
 
 #: response_framing's result: (the framing line(s) for the head, re-chunk the body, the body
 #: ends at the server's close, no body at all, close the client connection after it, the
-#: Content-Length or None, the cache verdict: stats.CACHE_*).
-Framing = tuple[bytes, bool, bool, bool, bool, "int | None", int]
+#: Content-Length or None).
+Framing = tuple[bytes, bool, bool, bool, bool, "int | None"]
+
+#: What relay_fields reads from a response's fields: the field lines to forward (pieces to
+#: join; index 0 is kept for the status line), Content-Length or None, chunked, cache verdict.
+Fields = tuple[list[bytes], "int | None", bool, int]
+
+#: Fields the one pass stops at: the hop-by-hop ones (dropped; Content-Length and
+#: Transfer-Encoding among them) and the two a cache answers with (read, then forwarded).
+_NOTED: Final = HOP_BY_HOP | frozenset((b"x-cache", b"age"))
 
 
-def response_framing(method: bytes, version: str, status: int, headers: list[tuple[bytes, bytes]],
-                     close: bool) -> Framing:
-    """For a final (non-1xx) response to a request with ``method`` and ``version``; ``close``:
-    the client connection is to close after this response anyway.
+def relay_fields(headers: list[tuple[bytes, bytes]]) -> Fields:
+    """One pass over a final response's fields (lower-case names): the lines to forward, the
+    framing they declare and whether a cache answered.
 
-    In the same pass, whether a cache answered: ``X-Cache`` (Squid, Varnish, CDNs: a value
-    with HIT or MISS in it, the first of a list being the nearest cache) or, without it, an
-    ``Age`` field (RFC 9111 §5.1: only a cache sends one) counts as a hit."""
+    The cache verdict: ``X-Cache`` (Squid, Varnish, CDNs: a value with HIT or MISS in it, the
+    first of a list being the nearest cache) or, without it, an ``Age`` field (RFC 9111 §5.1:
+    only a cache sends one) counts as a hit. A Connection field naming more than keep-alive or
+    close makes those fields hop-by-hop too (RFC 9110 §7.6.1): then the lines are made again
+    without them (rare)."""
+    out: list[bytes] = [b""]
     length = None
     chunked = False
     cache = CACHE_UNKNOWN
     age = False
+    listed = False
     for name, value in headers:
-        if name not in _READ:  # (most fields: one set lookup instead of four comparisons)
-            continue
-        if name == b"content-length":
-            length = parse_content_length(value if value.find(b",") < 0 else value.split(b",", 1)[0])
-        elif name == b"transfer-encoding":
-            chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
-        elif name == b"x-cache":
-            first = value.split(b",", 1)[0].upper()
-            cache = CACHE_HIT if b"HIT" in first else CACHE_MISS if b"MISS" in first else cache
-        else:  # age
-            age = True
+        if name in _NOTED:  # (most fields: one set lookup, then four appends)
+            if name == b"x-cache":
+                first = value.split(b",", 1)[0].upper()
+                if first.find(b"HIT") >= 0:
+                    cache = CACHE_HIT
+                elif first.find(b"MISS") >= 0:
+                    cache = CACHE_MISS
+            elif name == b"age":
+                age = True
+            else:
+                if name == b"content-length":
+                    length = parse_content_length(value, first=True)
+                elif name == b"transfer-encoding":
+                    chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
+                elif name == b"connection" and value not in PLAIN_CONNECTION:
+                    listed = True
+                continue  # hop-by-hop: not forwarded
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
+    if listed:
+        drop = hop_by_hop(headers)
+        out = [b""]
+        for name, value in headers:
+            if name not in drop:
+                out += (name, b": ", value, b"\r\n")
     if age and not cache:
         cache = CACHE_HIT
+    return out, length, chunked, cache
+
+
+def response_framing(method: bytes, version: str, status: int, length: int | None, chunked: bool,
+                     close: bool) -> Framing:
+    """For a final (non-1xx) response to a request with ``method`` and ``version`` whose fields
+    declared ``length`` and ``chunked`` (relay_fields); ``close``: the client connection is to
+    close after this response anyway."""
     if method == b"HEAD" or status in NO_BODY_STATUS:
         line = b"Content-Length: %d\r\n" % length if length is not None else b""
-        return line, False, False, True, close, None, cache
+        return line, False, False, True, close, None
     if chunked:
         if version == "1.1":
-            return CHUNKED_LINE, True, False, False, close, None, cache
-        return b"", False, False, False, True, None, cache  # HTTP/1.0: de-chunked up to close
+            return CHUNKED_LINE, True, False, False, close, None
+        return b"", False, False, False, True, None  # HTTP/1.0: de-chunked up to close
     if length is not None:
-        return b"Content-Length: %d\r\n" % length, False, False, False, close, length, cache
+        return b"Content-Length: %d\r\n" % length, False, False, False, close, length
     # Close-delimited (RFC 9112 §6.3(8)): keep the client's connection by re-framing as chunked.
     if version == "1.1" and not close:
-        return CHUNKED_LINE, True, True, False, False, None, cache
-    return b"", False, True, False, True, None, cache
+        return CHUNKED_LINE, True, True, False, False, None
+    return b"", False, True, False, True, None

@@ -55,9 +55,9 @@ from ..balance.pool import ServerPool
 from ..balance.queue import Ticket
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
-from ..http.framing import response_framing
+from ..http.framing import relay_fields, response_framing
 from ..stats import count
-from ..http.message import RequestHead, forward_request_head, forward_response_head
+from ..http.message import RequestHead, forward_request_head, forward_response_head, relay_head
 from ..net import flow
 from ..net.clock import monotonic
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
@@ -129,7 +129,7 @@ class Exchange(ResponseSink):
         self.up: UpstreamConnection | None = None
         self.t0 = monotonic()
         has_body = head.chunked or bool(head.content_length)
-        self.body = RequestBody(head.chunked, gen.limits.max_body_bytes) if has_body else None
+        self.body = RequestBody(head.chunked, gen.max_body_bytes) if has_body else None
         self.resendable = False  # sent on a reused connection that has not answered yet
         self.req_done = not has_body  # the request has gone up in full (or is on its way)
         self.req_splice_left = 0
@@ -176,7 +176,7 @@ class Exchange(ResponseSink):
         if body is not None:
             if self.buffered:
                 self._unbuffer()
-            if (not self.req_done and body.held is not None and body.held_size < self.gen.limits.buffer_body
+            if (not self.req_done and body.held is not None and body.held_size < self.gen.buffer_body
                     and not self.head.expect_continue and self.head.upgrade is None
                     and self.state.buffered < BUFFER_BUDGET):
                 self.phase = BUFFERING  # request_body / request_complete call start() again
@@ -342,7 +342,7 @@ class Exchange(ResponseSink):
         # While the body is still coming, the client's pace governs (timeouts.client); the
         # server owes us nothing yet.
         self.t_sent = now = monotonic()
-        conn.deadline = now + self.gen.timeouts.server if self.req_done else 0.0
+        conn.deadline = now + self.gen.server_timeout if self.req_done else 0.0
         gen = self.gen
         head = forward_request_head(self.head, client.peer_ip, client.proto, self.head.chunked,
                                     self.cookies, gen.id_header, gen.id_name, self.state.id_bytes, self.seq)
@@ -369,9 +369,9 @@ class Exchange(ResponseSink):
     def plan_request_splice(self) -> None:
         """At the request head: a large known-length body crosses by splice (never over TLS:
         the socket carries ciphertext)."""
-        splice = self.gen.splice
+        at = self.gen.splice_threshold
         cl = self.head.content_length
-        if (splice.enabled and cl is not None and cl >= splice.threshold and not self.head.expect_continue
+        if (at is not None and cl is not None and cl >= at and not self.head.expect_continue
                 and not self.client.tls):
             self.req_splice_left = cl  # reduced by what the first read already carried
 
@@ -384,7 +384,7 @@ class Exchange(ResponseSink):
             n = len(data)
             self.buffered += n
             self.state.buffered += n
-            if body.held_size >= self.gen.limits.buffer_body:
+            if body.held_size >= self.gen.buffer_body:
                 self.start()
 
     def _unbuffer(self) -> None:
@@ -399,7 +399,7 @@ class Exchange(ResponseSink):
             self.body.end()
         up = self.up
         if up is not None and self.phase == AWAITING:
-            up.deadline = monotonic() + self.gen.timeouts.server  # now the server owes an answer
+            up.deadline = monotonic() + self.gen.server_timeout  # now the server owes an answer
         elif self.phase == BUFFERING:
             self.start()  # the whole body is here
         if self.phase == COMPLETE:
@@ -484,24 +484,25 @@ class Exchange(ResponseSink):
             self.resp_close = True
             if up is not None:
                 up.keep_alive = False
-        framing, self.resp_chunked, self.resp_eof, self.no_body, self.resp_close, length, self.cache = \
-            response_framing(self.head.method, self.head.version, status, headers, self.resp_close)
+        persist = self.pool.persistence
+        # Set-Cookie added, or edited in ``headers`` (rewrite/prefix: so before they are read);
+        # still one head and one write.
+        extra = b""
+        if persist is not None and server is not None:
+            extra = persist.response(server, self.sticky, headers)
+        fields, length, chunked, self.cache = relay_fields(headers)  # one pass over the fields
+        framing, self.resp_chunked, self.resp_eof, self.no_body, self.resp_close, length = \
+            response_framing(self.head.method, self.head.version, status, length, chunked, self.resp_close)
         if self.resp_eof and up is not None:
             up.keep_alive = False  # the body ends with the connection
         if length is not None:
-            splice = self.gen.splice
-            if splice.enabled and length >= splice.threshold and not self.client.tls:
+            at = self.gen.splice_threshold
+            if at is not None and length >= at and not self.client.tls:
                 self.resp_splice_left = length
         if self.client.closing_after and self.client.last_response():
             self.resp_close = True
         self.phase = RELAYING
-        persist = self.pool.persistence
-        if persist is None or server is None:
-            self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close))
-        else:  # Set-Cookie added or edited, still one head and one write
-            extra = persist.response(server, self.sticky, headers)
-            self.to_client.append(forward_response_head(status, b"", headers, framing, self.resp_close,
-                                                        None, extra))
+        self.to_client.append(relay_head(status, fields, framing, self.resp_close, extra))
 
     def response_body(self, data: bytes) -> None:
         if self.no_body or self.phase != RELAYING:
@@ -642,7 +643,7 @@ class Exchange(ResponseSink):
             self._abort_both()
         else:
             self.fail(GatewayTimeout(f"no response from {self._where()} within "
-                                     f"{self.gen.timeouts.server:g}s"))
+                                     f"{self.gen.server_timeout:g}s"))
         return False
 
     def spliced_progress(self) -> bool:
@@ -661,7 +662,7 @@ class Exchange(ResponseSink):
         if up is None:
             return
         if not writable:
-            up.deadline = monotonic() + self.gen.timeouts.server
+            up.deadline = monotonic() + self.gen.server_timeout
         elif not self.req_done and self.phase == AWAITING:
             up.deadline = 0.0  # back to the client's pace
 
@@ -671,7 +672,7 @@ class Exchange(ResponseSink):
         up = self.up
         if up is None or self.phase not in (AWAITING, RELAYING):
             return
-        up.deadline = monotonic() + self.gen.timeouts.server if writable else 0.0
+        up.deadline = monotonic() + self.gen.server_timeout if writable else 0.0
 
     # ---- failures ---------------------------------------------------------------------------------
     def upstream_lost(self, exc: Exception | None) -> None:

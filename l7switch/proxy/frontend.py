@@ -77,7 +77,7 @@ class ClientConnection(ClientPort):
     __slots__ = (
         "switch", "upgrades", "transport", "parser", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed",
-        "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers",
+        "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "upgrade_field",
         "skip_head", "resume_body", "guard_key", "pace", "held",
     )
 
@@ -104,6 +104,7 @@ class ClientConnection(ClientPort):
         self.closed = False
         self.requests = 0
         self.in_trailers = False
+        self.upgrade_field = False  # the head being parsed has an Upgrade field
         self.skip_head = False  # the parser reads a head we made up (see _resume_body)
         self.resume_body: Exchange | None = None  # an ignored Upgrade whose body llhttp skipped
         self.guard_key: str | None = None  # counted under this per-client key (limits.per_client)
@@ -130,7 +131,7 @@ class ClientConnection(ClientPort):
         # by then.
         self.state = HEAD
         now = monotonic()
-        self.deadline = now + sw.current.timeouts.header
+        self.deadline = now + sw.current.header_timeout
         sw.fresh[self] = now
         sw.clock.watch(self)
         if sw.draining:
@@ -173,7 +174,7 @@ class ClientConnection(ClientPort):
         if state == IDLE:
             # The next request's first byte: its head is due timeouts.header from now.
             self.state = state = HEAD
-            self.deadline = monotonic() + self.switch.current.timeouts.header
+            self.deadline = monotonic() + self.switch.current.header_timeout
             self.switch.idle.pop(self, None)
         # (BODY: the pace's looks judge silence and rate from the byte count; no store per read.)
         heads = self.requests
@@ -192,7 +193,7 @@ class ClientConnection(ClientPort):
             # counted (its split is unknown), which bounds the slack to one read.
             if state == HEAD and self.requests == heads:
                 self.head_fed += len(data)
-                limit = self.switch.current.limits.max_header_bytes
+                limit = self.switch.current.max_header_bytes
                 if self.head_fed > limit + HEAD_SLACK:
                     self.error(HeadersTooLarge(f"request head over {limit} bytes"))
             else:
@@ -314,7 +315,7 @@ class ClientConnection(ClientPort):
         # The client stopped reading: timeouts.client is how long it may stay so. (While its
         # body arrives the pace's looks go on: a client sending is not silent.)
         if self.state != BODY:
-            self.deadline = monotonic() + self.switch.current.timeouts.client
+            self.deadline = monotonic() + self.switch.current.client_timeout
         if self.exchange is not None:
             self.exchange.client_writable(False)
 
@@ -323,7 +324,7 @@ class ClientConnection(ClientPort):
         if self.state == BUSY:
             self.deadline = 0.0
         elif self.state == IDLE:
-            self.deadline = monotonic() + self.switch.current.timeouts.keepalive
+            self.deadline = monotonic() + self.switch.current.keepalive_timeout
         if self.exchange is not None:
             self.exchange.client_writable(True)
 
@@ -335,15 +336,16 @@ class ClientConnection(ClientPort):
         self.headers = []
         self.head_bytes = 0
         self.in_trailers = False
+        self.upgrade_field = False
         if self.state == IDLE:
             self.state = HEAD
-            self.deadline = monotonic() + self.switch.current.timeouts.header
+            self.deadline = monotonic() + self.switch.current.header_timeout
             self.switch.idle.pop(self, None)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
-        limit = self.switch.current.limits.max_header_bytes
+        limit = self.switch.current.max_header_bytes
         if self.head_bytes > limit:
             raise HeadersTooLarge(f"request line over {limit} bytes")
 
@@ -351,17 +353,20 @@ class ClientConnection(ClientPort):
         if self.in_trailers:
             return  # RFC 9110 §6.5.1: trailer fields are not merged into the header section
         self.head_bytes += len(name) + len(value) + 4
-        limits = self.switch.current.limits
-        if self.head_bytes > limits.max_header_bytes:
-            raise HeadersTooLarge(f"header section over {limits.max_header_bytes} bytes")
+        gen = self.switch.current
+        if self.head_bytes > gen.max_header_bytes:
+            raise HeadersTooLarge(f"header section over {gen.max_header_bytes} bytes")
         headers = self.headers
-        if len(headers) >= limits.max_headers:
-            raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
+        if len(headers) >= gen.max_headers:
+            raise HeadersTooLarge(f"more than {gen.max_headers} header fields")
         # llhttp drops leading OWS but keeps trailing OWS; RFC 9110 §5.5 excludes both from the
         # field value. Rules must match (and the server get) the value a server would parse.
         if value and value[len(value) - 1] in (32, 9):
             value = value.rstrip(b" \t")
-        headers.append((name.translate(ASCII_LOWER), value))
+        name = name.translate(ASCII_LOWER)
+        if name == b"upgrade":
+            self.upgrade_field = True
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_trailers = True
@@ -370,13 +375,16 @@ class ClientConnection(ClientPort):
             return
         parser = self.parser
         self.requests += 1
-        upgrade = parser.should_upgrade()
-        head = check_request(parser.get_method(), self.url, self.headers, parser.get_http_version(),
+        method = parser.get_method()
+        # llhttp upgrades on an Upgrade field (with Connection: upgrade) or CONNECT; without
+        # either, no need to ask it (a method call per request).
+        upgrade = (self.upgrade_field or method == b"CONNECT") and parser.should_upgrade()
+        head = check_request(method, self.url, self.headers, parser.get_http_version(),
                              parser.should_keep_alive(), upgrade, self.upgrades)
         if self.closing_after:
             head.keep_alive = False
         gen = self.switch.current
-        limit = gen.limits.max_body_bytes
+        limit = gen.max_body_bytes
         if limit is not None and head.content_length is not None and head.content_length > limit:
             # Refuse at the head: a body at/above splice.threshold never passes request_body's check.
             raise PayloadTooLarge(f"request body over {limit} bytes")
@@ -391,7 +399,7 @@ class ClientConnection(ClientPort):
         pool = gen.pools[pool_name]
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
         ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key)
-        ex.t_head = self.deadline - gen.timeouts.header  # (the head was due timeouts.header from its start)
+        ex.t_head = self.deadline - gen.header_timeout  # (the head was due timeouts.header from its start)
         if self.guard_key is not None:
             ex.refusal = self.switch.rate_check(self.guard_key, self.peer_ip)  # 429 over the client's rate
         self.receiving = ex
@@ -457,11 +465,11 @@ class ClientConnection(ClientPort):
             self._send_error(self.pending_error)
             return
         self.state = IDLE
-        t = self.switch.current.timeouts
+        gen = self.switch.current
         # Keep-alive idle: timeouts.keepalive (HAProxy "timeout http-keep-alive"); a client that
         # has not read the last response yet is not idle but not reading: timeouts.client.
         now = monotonic()
-        self.deadline = now + (t.keepalive if self.flow.writable else t.client)
+        self.deadline = now + (gen.keepalive_timeout if self.flow.writable else gen.client_timeout)
         self.switch.idle[self] = now  # the newest idle, last to go under pressure
 
     def last_response(self) -> bool:
@@ -490,14 +498,14 @@ class ClientConnection(ClientPort):
             self.state = BODY
             now = monotonic()
             self.pace = BodyPace(now, self._body_total(ex))
-            self.deadline = now + BodyPace.step(self.switch.current.timeouts.client)
+            self.deadline = now + BodyPace.step(self.switch.current.client_timeout)
 
     def _busy(self) -> None:
         """The request is in: the server owes the answer (its deadline runs), unless the
         client is not reading what we write (then timeouts.client)."""
         self.state = BUSY
         self.pace = None
-        self.deadline = 0.0 if self.flow.writable else monotonic() + self.switch.current.timeouts.client
+        self.deadline = 0.0 if self.flow.writable else monotonic() + self.switch.current.client_timeout
 
     @staticmethod
     def _body_total(ex: Exchange) -> int:
@@ -567,9 +575,9 @@ class ClientConnection(ClientPort):
             pace.excuse(now, total)
             why = None
         else:
-            why = pace.look(now, total, gen.timeouts.client, gen.limits.min_body_rate)
+            why = pace.look(now, total, gen.client_timeout, gen.limits.min_body_rate)
         if why is None:
-            self.deadline = now + BodyPace.step(gen.timeouts.client)
+            self.deadline = now + BodyPace.step(gen.client_timeout)
         elif ex.phase < RELAYING:
             self.error(RequestTimeout(why))
         else:

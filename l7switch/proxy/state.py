@@ -150,7 +150,9 @@ class IdleClient(Protocol):
 
 
 class Generation:
-    __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice", "id_header", "id_name")
+    __slots__ = ("config", "router", "pools", "cpools", "timeouts", "limits", "splice", "id_header",
+                 "id_name", "header_timeout", "keepalive_timeout", "client_timeout", "server_timeout",
+                 "max_header_bytes", "max_headers", "max_body_bytes", "buffer_body", "splice_threshold")
 
     def __init__(self, config: Config, tables: Tables, clock: Clock,
                  spawn: Callable[[Coroutine[Any, Any, None]], None], peers: int = 1) -> None:
@@ -159,6 +161,19 @@ class Generation:
         self.timeouts = config.timeouts
         self.limits = config.limits
         self.splice = config.splice
+        # What every request reads, as fields of this class: compiled, a field here is a struct
+        # read, where a field of a spec (a Python dataclass) is a lookup by name.
+        t, limits = config.timeouts, config.limits
+        self.header_timeout = t.header
+        self.keepalive_timeout = t.keepalive
+        self.client_timeout = t.client
+        self.server_timeout = t.server
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.max_body_bytes = limits.max_body_bytes
+        self.buffer_body = limits.buffer_body
+        #: Known-length bodies from this size cross by splice; None: splice is off.
+        self.splice_threshold = config.splice.threshold if config.splice.enabled else None
         self.id_name = config.log.request_id_header.encode("latin-1")  # as written, for servers
         self.id_header = self.id_name.lower()  # b"": none sent
         self.router = Router.from_specs(config.rules, config.default_pool)

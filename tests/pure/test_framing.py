@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from l7switch.errors import BadRequest
-from l7switch.http.framing import response_framing
+from l7switch.http.framing import Framing, relay_fields, response_framing
+from l7switch.http.message import forward_response_head, relay_head
 from l7switch.stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
 
 CL = [(b"content-length", b"5")]
@@ -34,9 +35,15 @@ CASES = [
 ]
 
 
+def framing(method: bytes, version: str, status: int, headers: list[tuple[bytes, bytes]],
+            close: bool) -> tuple[Framing, int]:
+    _, length, chunked, cache = relay_fields(headers)
+    return response_framing(method, version, status, length, chunked, close), cache
+
+
 @pytest.mark.parametrize("args,want", CASES)
 def test_response_framing(args, want) -> None:
-    assert response_framing(*args) == (*want, CACHE_UNKNOWN)
+    assert framing(*args) == (want, CACHE_UNKNOWN)
 
 
 @pytest.mark.parametrize("headers,verdict", [
@@ -50,9 +57,27 @@ def test_response_framing(args, want) -> None:
     ([(b"server", b"hit")], CACHE_UNKNOWN),
 ])
 def test_cache_verdict(headers, verdict) -> None:
-    assert response_framing(b"GET", "1.1", 200, CL + headers, False)[6] == verdict
+    assert framing(b"GET", "1.1", 200, CL + headers, False)[1] == verdict
 
 
 def test_bad_content_length_is_refused() -> None:
     with pytest.raises(BadRequest):
-        response_framing(b"GET", "1.1", 200, [(b"content-length", b"-1")], False)
+        relay_fields([(b"content-length", b"-1")])
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"server", b"o"), (b"content-length", b"5"), (b"x-cache", b"HIT"), (b"age", b"3")],
+    [(b"connection", b"keep-alive"), (b"keep-alive", b"timeout=5"), (b"transfer-encoding", b"chunked"),
+     (b"te", b"x"), (b"trailer", b"y"), (b"upgrade", b"z"), (b"proxy-connection", b"k"), (b"etag", b"1")],
+    # Connection names more fields: they are hop-by-hop too, wherever they stand.
+    [(b"x-internal", b"1"), (b"connection", b"close, X-Internal, age"), (b"age", b"9"), (b"server", b"o")],
+    [],
+])
+@pytest.mark.parametrize("close", [False, True])
+def test_one_pass_head_is_the_forwarded_head(headers: list[tuple[bytes, bytes]], close: bool) -> None:
+    """relay_fields + relay_head (the response path: one pass over the fields) write exactly
+    what forward_response_head (hop_by_hop, then a filtering pass) writes."""
+    fields = relay_fields(headers)[0]
+    line = b"Content-Length: 5\r\n"
+    assert relay_head(200, fields, line, close, b"Set-Cookie: a=b\r\n") == \
+        forward_response_head(200, b"", headers, line, close, None, b"Set-Cookie: a=b\r\n")

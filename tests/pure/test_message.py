@@ -91,6 +91,19 @@ def test_host_values_are_checked_once_each_and_the_memory_is_bounded() -> None:
     assert len(seen) <= message.VALID_HOSTS_MAX
 
 
+def test_x_forwarded_for_lines_are_made_once_per_address_and_the_memory_is_bounded() -> None:
+    lines = message._XFF_LINES  # (the same dict in both builds)
+    lines.clear()
+    head = check_request(b"GET", b"/", H, "1.1", True, False)
+    for _ in range(3):
+        assert b"X-Forwarded-For: 10.0.0.1\r\n" in forward_request_head(head, "10.0.0.1", b"http", False)
+    assert list(lines) == ["10.0.0.1"]
+    for i in range(message.XFF_LINES_MAX + 10):
+        assert message.xff_line(f"10.1.{i // 256}.{i % 256}") == b"X-Forwarded-For: 10.1.%d.%d\r\n" % (
+            i // 256, i % 256)
+    assert len(lines) <= message.XFF_LINES_MAX
+
+
 def test_absolute_form_replaces_host() -> None:
     head = check_request(b"GET", b"http://other.example:8080/p?q=1", H, "1.1", True, False)
     assert head.host == b"other.example:8080"
