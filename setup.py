@@ -32,7 +32,7 @@ HOT = [
     "l7switch/proxy/body.py", "l7switch/proxy/pace.py", "l7switch/proxy/upstream.py",
     "l7switch/proxy/exchange.py", "l7switch/proxy/frontend.py", "l7switch/proxy/state.py",
     "l7switch/proxy/ports.py",
-    "l7switch/proxy/accesslog.py",
+    "l7switch/proxy/accesslog.py", "l7switch/net/logfile.py",
 ]
 
 

@@ -64,7 +64,7 @@ def send_requests(port: int, path: str, n: int, size: int, timeout: float) -> No
 
 
 def count(build: Path | None, tmp: Path, procs: bl.Procs, origin: int, n: int, size_name: str,
-          tag: str, access_log: str | None = None, haproxy: str | None = None) -> int:
+          tag: str, access_log: str | None = None, haproxy: str | None = None, features: bool = False) -> int:
     """Total instructions of one switch run serving ``n`` requests (``access_log``: with the
     access log in that format, to a file; ``haproxy``: that HAProxy binary instead)."""
     port = bl.free_port()
@@ -74,7 +74,13 @@ def count(build: Path | None, tmp: Path, procs: bl.Procs, origin: int, n: int, s
         # -db: foreground, one process; SIGTERM stops it at once and callgrind writes its totals.
         target = [haproxy, "-f", str(run.haproxy_cfg(tmp, port, origin)), "-db"]
     else:
-        cfg = bl.write_l7switch_config(tmp, port, origin, name=f"l7switch-{tag}")
+        cfg = bl.write_l7switch_config(tmp, port, origin, name=f"l7switch-{tag}",
+                                       persistence="cookie" if features else "none",
+                                       health="{http: {path: /100b}, interval: 1s}" if features else None)
+        if features:  # bench/run.py --features: the same typical site's configuration
+            access_log = "combined"
+            with cfg.open("a") as f:
+                f.write(run.FEATURES)
         if access_log:
             with cfg.open("a") as f:
                 f.write(f"log: {{access: {tmp / f'access-{tag}.log'}, format: {access_log}}}\n")
@@ -107,6 +113,9 @@ def main() -> int:
     ap.add_argument("--access-log", choices=("combined", "json"), metavar="FORMAT",
                     help="also count this tree with its access log to a file in FORMAT")
     ap.add_argument("--haproxy", action="store_true", help="also count HAProxy (one thread), for scale")
+    ap.add_argument("--features", action="store_true",
+                    help="also count each l7switch build with bench/run.py's --features configuration "
+                         "(rules with regexes and hosts, cookie persistence, health checks, access log)")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
@@ -114,22 +123,26 @@ def main() -> int:
     tools = bl.ensure_tools(("nginx", "haproxy") if args.haproxy else ("nginx",))
     tmp = Path(tempfile.mkdtemp(prefix="l7insn-"))
     procs = bl.Procs(tmp)
-    # (label, tag, source tree or None for this one, access log format, HAProxy binary)
-    builds: list[tuple[str, str, Path | None, str | None, str | None]] = [("this tree", "this", None, None, None)]
+    # (label, tag, source tree or None for this one, access log format, HAProxy binary, features)
+    Build = tuple[str, str, Path | None, str | None, str | None, bool]
+    builds: list[Build] = [("this tree", "this", None, None, None, False)]
     if args.baseline is not None:
-        builds.insert(0, (f"baseline {args.baseline}", "base", args.baseline.resolve(), None, None))
+        builds.insert(0, (f"baseline {args.baseline}", "base", args.baseline.resolve(), None, None, False))
     if args.access_log:
         builds.append((f"this tree, access log {args.access_log}", f"log-{args.access_log}", None,
-                       args.access_log, None))
+                       args.access_log, None, False))
+    if args.features:
+        builds += [(f"{label}, every feature", f"{tag}-all", build, None, None, True)
+                   for label, tag, build, *_ in list(builds) if tag in ("base", "this")]
     if args.haproxy:
-        builds.append(("HAProxy (nbthread 1)", "haproxy", None, None, tools["haproxy"]))
+        builds.append(("HAProxy (nbthread 1)", "haproxy", None, None, tools["haproxy"], False))
     n1, n2 = args.requests, 4 * args.requests
     results: list[tuple[str, float]] = []
     try:
         origin = bl.start_origin(procs, tmp, tools["nginx"])
-        for label, tag, build, access_log, haproxy in builds:
-            i1 = count(build, tmp, procs, origin, n1, args.size, f"{tag}-{n1}", access_log, haproxy)
-            i2 = count(build, tmp, procs, origin, n2, args.size, f"{tag}-{n2}", access_log, haproxy)
+        for label, tag, build, access_log, haproxy, features in builds:
+            i1 = count(build, tmp, procs, origin, n1, args.size, f"{tag}-{n1}", access_log, haproxy, features)
+            i2 = count(build, tmp, procs, origin, n2, args.size, f"{tag}-{n2}", access_log, haproxy, features)
             per = (i2 - i1) / (n2 - n1)
             results.append((label, per))
             print(f"# {label}: {i1:,} instructions for {n1} requests, {i2:,} for {n2}: "

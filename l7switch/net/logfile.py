@@ -15,11 +15,12 @@ import logging
 import os
 import queue
 import threading
+from typing import Final
 
 log = logging.getLogger("l7switch")
 
-FLUSH_AT = 64 * 1024  # one write per 64 KiB of lines under load (nginx's access_log buffer= 64k)
-MAX_QUEUED = 16 * 1024 * 1024  # our bound on lines waiting for a stalled disk
+FLUSH_AT: Final = 64 * 1024  # one write per 64 KiB of lines under load (nginx's access_log buffer= 64k)
+MAX_QUEUED: Final = 16 * 1024 * 1024  # our bound on lines waiting for a stalled disk
 STREAMS = {"stdout": 1, "stderr": 2}
 
 _REOPEN = b"reopen"  # markers on the queue (compared by identity)

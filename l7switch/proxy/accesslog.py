@@ -22,8 +22,10 @@ import re
 import time
 from typing import Any, Final
 
+from ..http.message import RequestHead
 from ..net.logfile import LogFile
 from ..spec import LogSpec
+from .ports import ClientPort
 
 #: An error the switch answered, by status: who ended the request (the json ``term`` field).
 ERROR_TERM: Final = {408: "timeout", 504: "timeout", 502: "server"}
@@ -32,10 +34,19 @@ ERROR_TERM: Final = {408: "timeout", 504: "timeout", 502: "server"}
 _UNSAFE: Final = re.compile(rb'["\\\x00-\x1f\x7f-\xff]')
 
 
+#: The bytes _UNSAFE matches, for the quick test: a value that loses none of them to
+#: ``translate(None, _UNSAFE_BYTES)`` goes as it is (one C call; the regex costs three times more).
+_UNSAFE_BYTES: Final = bytes([*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100)])
+
+
 def _escape(value: bytes) -> bytes:
-    if _UNSAFE.search(value) is None:
+    if len(value.translate(None, _UNSAFE_BYTES)) == len(value):
         return value
     return _UNSAFE.sub(lambda m: b"\\x%02X" % m.group()[0], value)
+
+
+#: ``time.time`` in a final name (compiled: no module attribute lookup per line).
+_wall: Final = time.time
 
 
 def _ms(start: float, end: float) -> float:
@@ -69,8 +80,11 @@ class AccessLog:
 
     def exchange(self, ex: Any, status: int, term: str) -> None:
         """``ex`` (proxy/exchange.Exchange) has ended with ``status`` (0: no response)."""
-        client, head = ex.client, ex.head
-        wall = time.time()
+        # Typed here (the exchange's own module imports this one): compiled, what is read of
+        # them is struct fields, not lookups by name.
+        client: ClientPort = ex.client
+        head: RequestHead = ex.head
+        wall = _wall()
         if self.json:
             end = time.monotonic()
             server = ex.server
@@ -92,10 +106,10 @@ class AccessLog:
                 referer = _escape(value)
             elif name == b"user-agent":
                 user_agent = _escape(value)
+        sent: int = ex.resp_bytes
         self.out.write(b'%s - - [%s] "%s %s HTTP/%s" %d %s "%s" "%s"\n' % (
             client.peer_ip.encode(), stamp, head.method, _escape(head.target),
-            head.version.encode(), status, b"%d" % ex.resp_bytes if ex.resp_bytes else b"-",
-            referer, user_agent))
+            head.version.encode(), status, b"%d" % sent if sent else b"-", referer, user_agent))
 
     def refused(self, peer_ip: str, peer_port: int, listener: str, status: int, request_id: str) -> None:
         """A request the switch answered before it was parsed whole (400, 408, 431...)."""
