@@ -32,8 +32,12 @@ typecheck: $(BIN)/l7switch
 test-pure: $(BIN)/l7switch
 	$(BIN)/python -m pytest -q tests/pure
 
+# The socket tests mostly wait (on timeouts, servers, clients): three at a time (pytest-xdist),
+# each test file in one process, cut the run from ~135 s to ~55 s on two cores.
+PARALLEL := -n 3 --dist loadfile
+
 test-sockets: $(BIN)/l7switch
-	$(BIN)/python -m pytest -q tests/sockets
+	$(BIN)/python -m pytest -q $(PARALLEL) tests/sockets
 
 # The mypyc build in build/compiled (what `pip install .` makes where a C compiler is), and
 # the whole suite run against it: CI runs both builds. `python -P` keeps the working directory
@@ -52,7 +56,7 @@ $(COMPILED)/.built: $(BIN)/l7switch setup.py $(shell find l7switch -name '*.py')
 compiled: $(COMPILED)/.built
 
 test-compiled: $(COMPILED)/.built
-	PYTHONPATH=$(COMPILED) $(BIN)/python -P -m pytest -q -p no:cacheprovider tests/pure tests/sockets
+	PYTHONPATH=$(COMPILED) $(BIN)/python -P -m pytest -q -p no:cacheprovider $(PARALLEL) tests/pure tests/sockets
 
 check: $(BIN)/l7switch
 	$(BIN)/l7switch check rules/demo.yaml
