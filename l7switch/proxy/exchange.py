@@ -758,7 +758,8 @@ class Exchange(ResponseSink):
             self._account(self.status)
             access = self.state.access
             if access is not None:
-                access.exchange(self, self.status, self.term or "client")
+                access.exchange(self, self.client, self.head, self.resp_bytes, self.status,
+                                self.term or "client")
             self._end_server()
 
     def _leave_queue(self) -> None:
@@ -805,10 +806,8 @@ class Exchange(ResponseSink):
         self._account(status)
         access = self.state.access
         if access is not None:
-            if error is None:
-                access.exchange(self, status, self.term or "-")
-            else:
-                access.exchange(self, status, self.term or ERROR_TERM.get(error.status, "switch"))
+            term = self.term or ("-" if error is None else ERROR_TERM.get(error.status, "switch"))
+            access.exchange(self, self.client, self.head, self.resp_bytes, status, term)
         # After the release: a request waiting for this server takes the warm connection.
         self._end_server()
         self.client.exchange_finished(self, error, self.request_id if error is not None else "",
