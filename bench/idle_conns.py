@@ -118,6 +118,10 @@ def run(args: argparse.Namespace, procs: bl.Procs, tmp: Path) -> int:
         tools = bl.ensure_tools(["nginx"])
         origin_port = bl.start_origin(procs, tmp, tools["nginx"])
         config = bl.write_l7switch_config(tmp, bl.free_port(), origin_port)
+        # The connection cap (issue 10) would otherwise be derived from the fd limit and start
+        # closing idle keep-alive connections above 80% of it: room for N, below that mark.
+        with config.open("a") as f:
+            f.write(f"limits: {{max_connections: {n * 13 // 10}}}\n")
     host, port = listen_address(config)
     cmd = bl.l7switch_cmd(config)
     env = None
