@@ -89,8 +89,7 @@ class ClientConnection(ClientPort):
         "switch", "upgrades", "transport", "parser", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed",
         "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "upgrade_field",
-        "connection_field",
-        "skip_head", "resume_body", "guard_key", "pace", "held",
+        "connection_field", "skip_head", "resume_body", "guard_key", "pace", "held",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
