@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
-from .message import HOP_BY_HOP, PLAIN_CONNECTION, hop_by_hop, parse_content_length
+from .message import HOP_BY_HOP, PLAIN_CONNECTION, field_lines, hop_by_hop, parse_content_length
 
 NO_BODY_STATUS: Final = (204, 304)
 CHUNKED_LINE: Final = b"Transfer-Encoding: chunked\r\n"
@@ -70,11 +70,7 @@ def relay_fields(headers: list[tuple[bytes, bytes]]) -> Fields:
         out.append(value)
         out.append(b"\r\n")
     if listed:
-        drop = hop_by_hop(headers)
-        out = [b""]
-        for name, value in headers:
-            if name not in drop:
-                out += (name, b": ", value, b"\r\n")
+        out = field_lines(headers, hop_by_hop(headers))
     if age and not cache:
         cache = CACHE_HIT
     return out, length, chunked, cache
