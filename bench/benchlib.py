@@ -330,19 +330,38 @@ PERSISTENCE = {
 }
 
 
+#: run.py and instructions.py --features: what a typical site turns on, added to the plain
+#: pool: rules with regexes and host matches tried before the one that matches (first match
+#: wins, so every request walks them), cookie persistence (insert: wrk keeps no cookies, so
+#: every response sets one), HTTP health checks every second, and the access log to a file.
+FEATURES = """rules:
+  - {name: api, match: {host: api.example.com, path_prefix: /v1/}, pool: origin}
+  - {name: admin, match: {path_regex: '^/admin/(users|groups)/[0-9]+$'}, pool: origin}
+  - {name: images, match: {host: '*.example.com', extension: [png, jpg, gif, svg]}, pool: origin}
+  - {name: beta, match: {any: [{header: {X-Beta: '^(1|yes)$'}}, {cookie: {beta: '^1$'}}]}, pool: origin}
+  - {name: pages, match: {path_regex: '^/[0-9a-z]+$'}, pool: origin}
+"""
+
+
 def write_l7switch_config(tmp: Path, port: int, origin_port: int, scheduler: str = "rr",
                           persistence: str = "none", tls: tuple[Path, Path, Path] | None = None,
-                          name: str = "l7switch", health: str | None = None) -> Path:
+                          name: str = "l7switch", features: bool = False) -> Path:
+    """One pool in front of the origin; ``features``: with FEATURES (cookie persistence
+    instead of ``persistence``, HTTP checks, the rules, the access log to tmp/access-NAME.log)."""
     cfg = tmp / f"{name}.yaml"
     tls_line = f"    tls: {{cert: {tls[0]}, key: {tls[1]}}}\n" if tls else ""
+    health_line = "    health: {http: {path: /100b}, interval: 1s}\n" if features else ""
+    persistence_lines = PERSISTENCE["cookie" if features else persistence]
+    log = tmp / f"access-{name}.log"
+    extra = FEATURES + f"log: {{access: {log}, format: combined}}\n" if features else ""
     cfg.write_text(f"""listen:
   - address: 127.0.0.1:{port}
 {tls_line}pools:
   origin:
     scheduler: {scheduler}
     servers: [127.0.0.1:{origin_port}]
-{f"    health: {health}{chr(10)}" if health else ""}{PERSISTENCE[persistence]}default_pool: origin
-""")
+{health_line}{persistence_lines}default_pool: origin
+{extra}""")
     return cfg
 
 

@@ -74,13 +74,8 @@ def count(build: Path | None, tmp: Path, procs: bl.Procs, origin: int, n: int, s
         # -db: foreground, one process; SIGTERM stops it at once and callgrind writes its totals.
         target = [haproxy, "-f", str(run.haproxy_cfg(tmp, port, origin)), "-db"]
     else:
-        cfg = bl.write_l7switch_config(tmp, port, origin, name=f"l7switch-{tag}",
-                                       persistence="cookie" if features else "none",
-                                       health="{http: {path: /100b}, interval: 1s}" if features else None)
-        if features:  # bench/run.py --features: the same typical site's configuration
-            access_log = "combined"
-            with cfg.open("a") as f:
-                f.write(run.FEATURES)
+        # features: bench/run.py --features' configuration (benchlib.FEATURES, access log included)
+        cfg = bl.write_l7switch_config(tmp, port, origin, name=f"l7switch-{tag}", features=features)
         if access_log:
             with cfg.open("a") as f:
                 f.write(f"log: {{access: {tmp / f'access-{tag}.log'}, format: {access_log}}}\n")

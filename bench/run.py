@@ -33,18 +33,7 @@ BASELINE = "l7switch@base"  # --baseline DIR: another l7switch source tree, meas
 BASELINE_DIR: Path | None = None
 LOGGED = "l7switch+log"  # --access-log FORMAT: l7switch with its access log to a file, same run
 MONITORED = "l7switch+mon"  # --monitor: l7switch watched by the monitor in chromium and a scraper
-FEATURED = "l7switch+all"  # --features: a typical site's configuration (FEATURES), same run
-#: --features: what a typical site turns on, added to the plain pool: rules with regexes and
-#: host matches tried before the one that matches (first match wins, so every request walks
-#: them), cookie persistence (insert: wrk keeps no cookies, so every response sets one), HTTP
-#: health checks every second, and the access log to a file.
-FEATURES = """rules:
-  - {name: api, match: {host: api.example.com, path_prefix: /v1/}, pool: origin}
-  - {name: admin, match: {path_regex: '^/admin/(users|groups)/[0-9]+$'}, pool: origin}
-  - {name: images, match: {host: '*.example.com', extension: [png, jpg, gif, svg]}, pool: origin}
-  - {name: beta, match: {any: [{header: {X-Beta: '^(1|yes)$'}}, {cookie: {beta: '^1$'}}]}, pool: origin}
-  - {name: pages, match: {path_regex: '^/[0-9a-z]+$'}, pool: origin}
-"""
+FEATURED = "l7switch+all"  # --features: a typical site's configuration (benchlib.FEATURES), same run
 #: --build DIR: every l7switch row runs the package in DIR (e.g. build/compiled, `make compiled`).
 BUILD_DIR: Path | None = None
 MON_PORTS: dict[str, int] = {}
@@ -146,13 +135,9 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
     elif name == "nginx":
         cmd = [tools["nginx"], "-p", str(tmp), "-c", str(nginx_proxy_cfg(tmp, port, origin))]
     else:
-        persistence = "cookie" if name == FEATURED else PERSISTENCE
-        cfg = bl.write_l7switch_config(tmp, port, origin, SCHEDULER, persistence, TLS,
+        cfg = bl.write_l7switch_config(tmp, port, origin, SCHEDULER, PERSISTENCE, TLS,
                                        name=name.replace("@", "-").replace("+", "-"),
-                                       health="{http: {path: /100b}, interval: 1s}" if name == FEATURED else None)
-        if name == FEATURED:
-            with cfg.open("a") as f:
-                f.write(FEATURES + f"log: {{access: {tmp / 'access-all.log'}, format: combined}}\n")
+                                       features=name == FEATURED)
         if name == LOGGED:
             with cfg.open("a") as f:
                 f.write(f"log: {{access: {tmp / 'access.log'}, format: {ACCESS_FORMAT}}}\n")
