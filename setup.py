@@ -17,7 +17,8 @@ from setuptools.command.build_ext import build_ext
 #: the rest (config, checks, runtime, CLI) stays Python: it runs once, not per request.
 HOT = [
     "l7switch/stats.py",
-    "l7switch/http/message.py", "l7switch/http/framing.py", "l7switch/http/rules.py", "l7switch/http/keys.py",
+    "l7switch/http/message.py", "l7switch/http/fields.py", "l7switch/http/framing.py",
+    "l7switch/http/rules.py", "l7switch/http/keys.py",
     "l7switch/net/flow.py", "l7switch/net/clock.py",
     "l7switch/balance/servers.py", "l7switch/balance/pool.py", "l7switch/balance/dispatch.py",
     "l7switch/balance/persistence.py", "l7switch/balance/queue.py", "l7switch/balance/store.py",

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any, Final
 
+from ..http.fields import edit_values, has_field
 from ..spec import PersistenceSpec, PoolSpec, ServerSpec
 from .servers import Server
 from .store import Store, Tables
@@ -263,9 +264,10 @@ class Persistence:
     def after_pick(self, server: Server, key: str | None) -> None:
         """``server`` takes the request (sticky or newly picked)."""
 
-    def response(self, server: Server, named: Server | None, headers: list[tuple[bytes, bytes]]) -> bytes:
-        """Header lines to add to the response of ``server``; may edit ``headers`` in place."""
-        return b""
+    def response(self, server: Server, named: Server | None, block: bytes) -> tuple[bytes, bytes]:
+        """For the response of ``server`` whose field block (http/fields.py) is ``block``: the
+        lines to add, and the block to forward (``block`` itself unless a field was edited)."""
+        return b"", block
 
     def snapshot(self) -> dict[str, Any]:
         return {"method": self.method, "redispatch": self.redispatch}
@@ -299,21 +301,15 @@ class CookiePersistence(Persistence):
         ident, cookies = scan_request_cookies(headers, self.name, self.mode)
         return (self.by_id.get(ident) if ident is not None else None), None, cookies
 
-    def response(self, server: Server, named: Server | None, headers: list[tuple[bytes, bytes]]) -> bytes:
+    def response(self, server: Server, named: Server | None, block: bytes) -> tuple[bytes, bytes]:
         if self.mode is INSERT:
             if named is server:
-                return b""  # the client already names this server
-            for n, _ in headers:
-                if n == b"cache-control":
-                    return self.lines[server.index]  # the server decided about caching
-            return self.lines_private[server.index]
-        ident = self.ids[server.index]
-        for i, (n, v) in enumerate(headers):
-            if n == b"set-cookie":
-                new = edit_set_cookie(v, self.name, ident, self.mode)
-                if new is not None:
-                    headers[i] = (n, new)
-        return b""
+                return b"", block  # the client already names this server
+            if has_field(block, b"cache-control"):
+                return self.lines[server.index], block  # the server decided about caching
+            return self.lines_private[server.index], block
+        ident, name, mode = self.ids[server.index], self.name, self.mode
+        return b"", edit_values(block, b"set-cookie", lambda v: edit_set_cookie(v, name, ident, mode))
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "cookie": self.spec.cookie_name, "mode": self.mode}

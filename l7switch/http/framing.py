@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Final
 
 from ..stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
-from .message import HOP_BY_HOP, PLAIN_CONNECTION, field_lines, hop_by_hop, parse_content_length
+from .fields import block_hop_by_hop, field_lines
+from .message import ASCII_LOWER, HOP_BY_HOP, PLAIN_CONNECTION, parse_content_length, relay_head
 
 NO_BODY_STATUS: Final = (204, 304)
 CHUNKED_LINE: Final = b"Transfer-Encoding: chunked\r\n"
@@ -23,57 +24,87 @@ CHUNKED_LINE: Final = b"Transfer-Encoding: chunked\r\n"
 #: Content-Length or None).
 Framing = tuple[bytes, bool, bool, bool, bool, "int | None"]
 
-#: What relay_fields reads from a response's fields: the field lines to forward (pieces to
-#: join; index 0 is kept for the status line), Content-Length or None, chunked, cache verdict.
+#: What relay_fields reads from a response's field block: the pieces to forward (to join;
+#: index 0 is kept for the status line), Content-Length or None, chunked, cache verdict.
 Fields = tuple[list[bytes], "int | None", bool, int]
 
 #: Fields the one pass stops at: the hop-by-hop ones (dropped; Content-Length and
 #: Transfer-Encoding among them) and the two a cache answers with (read, then forwarded).
 _NOTED: Final = HOP_BY_HOP | frozenset((b"x-cache", b"age"))
+#: For each first byte of a lower-case field line, the _NOTED names (with their colon) that
+#: start with it: a field whose line starts otherwise (Date, Server, ETag...) is passed on after
+#: one look at its first byte; the others cost a ``startswith`` or two (mypyc and CPython both
+#: do that in C; a loop over the bytes up to the colon is slow in the pure build).
+_BY_FIRST: Final = [tuple(n + b":" for n in sorted(_NOTED) if n[0] == c) for c in range(256)]
 
 
-def relay_fields(headers: list[tuple[bytes, bytes]]) -> Fields:
-    """One pass over a final response's fields (lower-case names): the lines to forward, the
-    framing they declare and whether a cache answered.
+def relay_fields(block: bytes) -> Fields:
+    """One pass over a final response's field block (http/fields.py): the lines to forward,
+    the framing they declare and whether a cache answered.
+
+    Lines are forwarded as runs: the bytes between two dropped (hop-by-hop) fields go as one
+    slice of the block — the whole block when none is dropped — not rebuilt field by field.
 
     The cache verdict: ``X-Cache`` (Squid, Varnish, CDNs: a value with HIT or MISS in it, the
     first of a list being the nearest cache) or, without it, an ``Age`` field (RFC 9111 §5.1:
     only a cache sends one) counts as a hit. A Connection field naming more than keep-alive or
-    close makes those fields hop-by-hop too (RFC 9110 §7.6.1): then the lines are made again
-    without them (rare)."""
+    close makes those fields hop-by-hop too (RFC 9110 §7.6.1): then the lines are chosen again
+    with them (rare)."""
     out: list[bytes] = [b""]
     length = None
     chunked = False
     cache = CACHE_UNKNOWN
     age = False
     listed = False
-    for name, value in headers:
-        if name in _NOTED:  # (most fields: one set lookup, then four appends)
-            if name == b"x-cache":
-                first = value.split(b",", 1)[0].upper()
-                if first.find(b"HIT") >= 0:
-                    cache = CACHE_HIT
-                elif first.find(b"MISS") >= 0:
-                    cache = CACHE_MISS
-            elif name == b"age":
-                age = True
-            else:
-                if name == b"content-length":
-                    length = parse_content_length(value, first=True)
-                elif name == b"transfer-encoding":
-                    chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
-                elif name == b"connection" and value not in PLAIN_CONNECTION:
-                    listed = True
-                continue  # hop-by-hop: not forwarded
-        out.append(name)
-        out.append(b": ")
-        out.append(value)
-        out.append(b"\r\n")
+    run = 0  # where the lines not yet in ``out`` start
+    pos = 0  # where ``line`` starts
+    for line in block.translate(ASCII_LOWER).split(b"\r\n"):  # (the last is the b"" after the last CRLF)
+        n = len(line)
+        if n:
+            for name in _BY_FIRST[line[0]]:
+                if line.startswith(name):
+                    at = len(name)
+                    while at < n and line[at] in (32, 9):  # OWS (RFC 9110 §5.6.3)
+                        at += 1
+                    value = block[pos + at:pos + n]  # as the server wrote it
+                    if name == b"x-cache:":
+                        first = value.split(b",", 1)[0].upper()
+                        if first.find(b"HIT") >= 0:
+                            cache = CACHE_HIT
+                        elif first.find(b"MISS") >= 0:
+                            cache = CACHE_MISS
+                    elif name == b"age:":
+                        age = True
+                    else:
+                        if name == b"content-length:":
+                            length = parse_content_length(value, first=True)
+                        elif name == b"transfer-encoding:":
+                            chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
+                        elif name == b"connection:" and value not in PLAIN_CONNECTION:
+                            listed = True
+                        # hop-by-hop: not forwarded
+                        if run < pos:
+                            out.append(block[run:pos])
+                        run = pos + n + 2
+                    break
+        pos += n + 2
+    end = len(block)
+    if run < end:
+        out.append(block if run == 0 else block[run:end])
     if listed:
-        out = field_lines(headers, hop_by_hop(headers))
+        out = field_lines(block, block_hop_by_hop(block))
     if age and not cache:
         cache = CACHE_HIT
     return out, length, chunked, cache
+
+
+def forward_response_head(status: int, reason: bytes, block: bytes, framing: bytes, close: bool,
+                          upgrade: bytes | None = None, extra: bytes = b"") -> bytes:
+    """The head of an interim (1xx) or 101 response for the client; ``framing`` is the
+    line(s) we add (CL or TE chunked), ``extra`` more complete lines. (A final response's
+    fields go through relay_fields instead, which reads its framing in the same pass.)"""
+    return relay_head(status, field_lines(block, block_hop_by_hop(block)), framing, close, extra, upgrade,
+                      reason)
 
 
 def response_framing(method: bytes, version: str, status: int, length: int | None, chunked: bool,

@@ -427,37 +427,13 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
     return b"".join(out)
 
 
-def field_lines(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
-    """The fields not in ``drop`` as pieces of a head to join, index 0 left free for the
-    status line (relay_head puts it there)."""
-    out = [b""]
-    # out.append, not a local alias of it: compiled, the method is a C call; the alias would
-    # be a Python bound method called through vectorcall four times per field.
-    for name, value in headers:
-        if name not in drop:
-            out.append(name)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
-    return out
-
-
-def forward_response_head(status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                          framing: bytes, close: bool, upgrade: bytes | None = None,
-                          extra: bytes = b"") -> bytes:
-    """The response head for the client; ``framing`` is the line(s) we add (CL or TE chunked),
-    ``extra`` more complete lines (persistence's Set-Cookie). (A final response's fields go
-    through framing.relay_fields instead, which reads its framing in the same pass.)"""
-    return relay_head(status, field_lines(headers, hop_by_hop(headers)), framing, close, extra, upgrade,
-                      reason)
-
-
 def relay_head(status: int, fields: list[bytes], framing: bytes, close: bool, extra: bytes = b"",
                upgrade: bytes | None = None, reason: bytes = b"") -> bytes:
-    """The response head for the client from ``fields`` (field_lines, or framing.relay_fields:
-    the server's field lines, hop-by-hop ones gone, index 0 free for the status line),
-    ``framing`` (the line(s) we add), ``extra`` (more lines: persistence's Set-Cookie) and the
-    Connection we say: upgrade (with ``upgrade``'s Upgrade field), close, or nothing."""
+    """The response head for the client from ``fields`` (fields.field_lines, or
+    framing.relay_fields: the server's field lines, hop-by-hop ones gone, index 0 free for the
+    status line), ``framing`` (the line(s) we add), ``extra`` (more lines: persistence's
+    Set-Cookie) and the Connection we say: upgrade (with ``upgrade``'s Upgrade field), close,
+    or nothing."""
     fields[0] = status_line(status, reason)
     fields.append(VIA_LINE)
     if extra:

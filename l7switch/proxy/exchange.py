@@ -55,9 +55,9 @@ from ..balance.pool import ServerPool
 from ..balance.queue import Ticket
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
-from ..http.framing import relay_fields, response_framing
+from ..http.framing import forward_response_head, relay_fields, response_framing
 from ..stats import count
-from ..http.message import RequestHead, forward_request_head, forward_response_head, relay_head
+from ..http.message import RequestHead, forward_request_head, relay_head
 from ..net import flow
 from ..net.clock import monotonic
 from ..net.flow import HIGH_WATER, PEER_FULL, FlowControl
@@ -449,7 +449,7 @@ class Exchange(ResponseSink):
         self.request_complete()
 
     # ---- response side (ports.ResponseSink, called by UpstreamConnection) ----------------------
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_head(self, status: int, block: bytes) -> None:
         up = self.up
         if self.phase != AWAITING:
             if up is not None:
@@ -458,7 +458,7 @@ class Exchange(ResponseSink):
         if 100 <= status < 200 and status != 101:
             # RFC 9110 §15.2: forward 1xx, but never to an HTTP/1.0 client.
             if self.head.version == "1.1":
-                self.to_client.append(forward_response_head(status, b"", headers, b"", False))
+                self.to_client.append(forward_response_head(status, b"", block, b"", False))
             return
         server = self.server
         self.t_resp = now = monotonic()
@@ -475,7 +475,7 @@ class Exchange(ResponseSink):
                 self.upstream_failed("101 to a request that asked for no upgrade")
                 return
             self.phase = UPGRADING
-            self.to_client.append(forward_response_head(101, b"", headers, b"", False,
+            self.to_client.append(forward_response_head(101, b"", block, b"", False,
                                                          upgrade=self.head.upgrade))
             return
         if self.head.upgrade is not None:
@@ -485,12 +485,12 @@ class Exchange(ResponseSink):
             if up is not None:
                 up.keep_alive = False
         persist = self.pool.persistence
-        # Set-Cookie added, or edited in ``headers`` (rewrite/prefix: so before they are read);
+        # Set-Cookie added, or edited in the block (rewrite/prefix: so before it is read);
         # still one head and one write.
         extra = b""
         if persist is not None and server is not None:
-            extra = persist.response(server, self.sticky, headers)
-        fields, length, chunked, self.cache = relay_fields(headers)  # one pass over the fields
+            extra, block = persist.response(server, self.sticky, block)
+        fields, length, chunked, self.cache = relay_fields(block)  # one pass over the fields
         framing, self.resp_chunked, self.resp_eof, self.no_body, self.resp_close, length = \
             response_framing(self.head.method, self.head.version, status, length, chunked, self.resp_close)
         if self.resp_eof and up is not None:

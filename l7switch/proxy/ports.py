@@ -26,7 +26,8 @@ class ResponseSink:
 
     __slots__ = ()
 
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_head(self, status: int, block: bytes) -> None:
+        """A response head: its status and its field block as received (http/fields.py)."""
         raise NotImplementedError
 
     def response_body(self, data: bytes) -> None:

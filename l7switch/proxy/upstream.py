@@ -10,6 +10,11 @@ closed, never pooled again.
 exchange it currently serves, through ``ports.ResponseSink``); it makes no decisions of its own
 beyond two limits llhttp does not enforce: the size of a response head and its field count.
 While a tunnel owns it (after a 101), bytes go to the tunnel instead.
+
+llhttp checks the head's syntax, but no call-back per field is asked of it (through httptools
+each costs a Python call and two bytes objects): the bytes of the head are kept as they come,
+and when llhttp says the head is complete its field block is cut out of them in one slice
+(http/fields.py), to be forwarded as it came.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import httptools
 
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
-from ..http.message import ASCII_LOWER
 from ..net.clock import Clock, monotonic
 from ..net.flow import PEER_FULL, FlowControl
 from ..net.ratelog import fd_exhausted
@@ -34,6 +38,8 @@ log = logging.getLogger("l7switch")
 
 # Response header fields accepted from a server; HAProxy's tune.http.maxhdr default is 101.
 MAX_RESPONSE_HEADERS: Final = 101
+# A field line is at least 4 bytes ("a:" CRLF): a smaller block cannot hold too many.
+_MIN_FIELDS_BYTES: Final = 4 * MAX_RESPONSE_HEADERS
 
 
 class _NoCallbacks:
@@ -46,8 +52,8 @@ CLOSED_PARSER: Final = httptools.HttpResponseParser(_NoCallbacks())
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("transport", "flow", "parser", "server", "cpool", "owner", "deadline", "reused",
-                 "headers", "keep_alive", "closed", "got_bytes", "clock", "tunnel", "in_head",
-                 "head_seen")
+                 "keep_alive", "closed", "got_bytes", "clock", "tunnel", "in_head", "head_seen",
+                 "head_lines", "head_parts", "head_at")
 
     def __init__(self, server: Server, cpool: ConnectionPool) -> None:
         self.server = server
@@ -58,12 +64,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.owner: ResponseSink | None = None
         self.deadline = 0.0
         self.reused = False
-        self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
         self.closed = False
         self.got_bytes = False  # any byte of the current response seen
         self.in_head = True  # a response head is being read (its bytes count against the limit)
         self.head_seen = 0
+        self.head_lines = 0
+        # The bytes fed to llhttp since the head began (a read or more) and where in them the
+        # current head starts (after a 1xx head, its successor).
+        self.head_parts: list[bytes] = []
+        self.head_at = 0
         self.clock: Clock = cpool.clock
         self.tunnel: Tunnel | None = None
 
@@ -84,6 +94,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if self.in_head:
+            self.head_parts.append(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -95,10 +107,16 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.in_head:
             # Still inside a head after this read: llhttp buffers an unfinished header line
-            # without limit and calls us only when it ends, so we count what it is fed.
+            # without limit and calls us only when it ends, so we count what it is fed — bytes,
+            # and lines (each ends in LF: llhttp accepts no other line end), so that a head of
+            # endless short fields is refused as soon as it has too many, not when it ends.
             self.head_seen += len(data)
             if self.head_seen > self.cpool.head_limit:
                 owner.upstream_failed(f"response head over {self.cpool.head_limit} bytes")
+                return
+            self.head_lines += data.count(b"\n")
+            if self.head_lines > MAX_RESPONSE_HEADERS + 1:  # (+ the status line)
+                owner.upstream_failed(f"more than {MAX_RESPONSE_HEADERS} response header fields")
                 return
         owner = self.owner  # may have finished (and been released) inside the callbacks
         if owner is not None:
@@ -140,25 +158,44 @@ class UpstreamConnection(asyncio.Protocol):
             self.owner.upstream_writable(True)
 
     # ---- httptools callbacks ------------------------------------------------------------------
-    # No on_status and no on_message_begin: the client gets the standard reason phrase
-    # (RFC 9110 §15: clients ignore it; HTTP/2 dropped it), which saves two callbacks.
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        headers.append((name.translate(ASCII_LOWER), value))
-        if len(headers) > MAX_RESPONSE_HEADERS:
-            raise ValueError(f"more than {MAX_RESPONSE_HEADERS} response header fields")
+    # No on_status, no on_message_begin and no on_header: the client gets the standard reason
+    # phrase (RFC 9110 §15: clients ignore it; HTTP/2 dropped it), and the fields are cut out
+    # of the bytes llhttp was fed once it has checked them.
 
     def on_headers_complete(self) -> None:
         owner = self.owner
         status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
-        headers, self.headers = self.headers, []  # reset here: no on_message_begin callback needed
+        # (No bytes kept: a second response after a complete one, which the owner refuses.)
+        block = self._field_block() if self.head_parts else b""
+        if len(block) > _MIN_FIELDS_BYTES and block.count(b"\r\n") > MAX_RESPONSE_HEADERS:
+            raise ValueError(f"more than {MAX_RESPONSE_HEADERS} response header fields")
         # A 1xx is followed by the real head, which is counted afresh.
         self.in_head = 100 <= status < 200 and status != 101
         self.head_seen = 0
+        self.head_lines = 0
+        if not self.in_head:
+            self.head_parts = []
+            self.head_at = 0
         if owner is not None:
-            owner.response_head(status, headers)
+            owner.response_head(status, block)
+
+    def _field_block(self) -> bytes:
+        """The field lines of the head llhttp has just accepted, cut from the bytes fed since
+        it began: after the status line, up to the empty line (each line keeps its CRLF)."""
+        parts = self.head_parts
+        if len(parts) == 1:
+            buf = parts[0]
+        else:
+            buf = b"".join(parts)
+            self.head_parts = [buf]  # offsets into it stay valid for a head after a 1xx
+        at = self.head_at
+        while buf[at] == 13 or buf[at] == 10:
+            at += 1  # llhttp skips empty lines before a status line
+        line_end = buf.find(b"\r\n", at)  # llhttp accepts no line end but CRLF
+        end = buf.find(b"\r\n\r\n", line_end)
+        self.head_at = end + 4
+        return buf[line_end + 2:end + 2]
 
     def on_body(self, body: bytes) -> None:
         owner = self.owner
@@ -174,7 +211,8 @@ class UpstreamConnection(asyncio.Protocol):
     def reset_parser(self) -> None:
         """A fresh parser after a spliced body or a HEAD response: the old one's state is stale."""
         self.parser = httptools.HttpResponseParser(self)
-        self.headers = []
+        self.head_parts = []
+        self.head_at = 0
 
     def on_deadline(self, now: float) -> None:
         if self.owner is not None:
@@ -259,6 +297,10 @@ class ConnectionPool:
         conn.got_bytes = False
         conn.in_head = True  # the next bytes are the next response's head
         conn.head_seen = 0
+        conn.head_lines = 0
+        if conn.head_parts:
+            conn.head_parts = []
+            conn.head_at = 0
         if conn.closed or not conn.keep_alive or len(self.idle) >= self.max_idle:
             conn.close()
             return

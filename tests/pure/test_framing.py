@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from l7switch.errors import BadRequest
-from l7switch.http.framing import Framing, relay_fields, response_framing
-from l7switch.http.message import forward_response_head, relay_head
+from l7switch.http.fields import split_fields
+from l7switch.http.framing import Framing, forward_response_head, relay_fields, response_framing
+from l7switch.http.message import relay_head
 from l7switch.stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
 
 CL = [(b"content-length", b"5")]
@@ -35,9 +38,14 @@ CASES = [
 ]
 
 
+def block(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A field block (http/fields.py) with these fields, as a server would send them."""
+    return b"".join(b"%s: %s\r\n" % field for field in headers)
+
+
 def framing(method: bytes, version: str, status: int, headers: list[tuple[bytes, bytes]],
             close: bool) -> tuple[Framing, int]:
-    _, length, chunked, cache = relay_fields(headers)
+    _, length, chunked, cache = relay_fields(block(headers))
     return response_framing(method, version, status, length, chunked, close), cache
 
 
@@ -62,7 +70,7 @@ def test_cache_verdict(headers, verdict) -> None:
 
 def test_bad_content_length_is_refused() -> None:
     with pytest.raises(BadRequest):
-        relay_fields([(b"content-length", b"-1")])
+        relay_fields(b"Content-Length: -1\r\n")
 
 
 @pytest.mark.parametrize("headers", [
@@ -77,7 +85,46 @@ def test_bad_content_length_is_refused() -> None:
 def test_one_pass_head_is_the_forwarded_head(headers: list[tuple[bytes, bytes]], close: bool) -> None:
     """relay_fields + relay_head (the response path: one pass over the fields) write exactly
     what forward_response_head (hop_by_hop, then a filtering pass) writes."""
-    fields = relay_fields(headers)[0]
+    fields = relay_fields(block(headers))[0]
     line = b"Content-Length: 5\r\n"
     assert relay_head(200, fields, line, close, b"Set-Cookie: a=b\r\n") == \
-        forward_response_head(200, b"", headers, line, close, None, b"Set-Cookie: a=b\r\n")
+        forward_response_head(200, b"", block(headers), line, close, None, b"Set-Cookie: a=b\r\n")
+
+
+def test_lines_are_forwarded_as_the_server_wrote_them() -> None:
+    """The server's spelling of names and its whitespace are kept (HAProxy keeps them on
+    HTTP/1.1); runs between dropped fields go as slices, the whole block when none is dropped."""
+    raw = b"SERVER:\tnginx \r\nX-Cache:  hit\r\nETag: \"1\"\r\n"
+    fields, length, chunked, cache = relay_fields(raw)
+    assert fields == [b"", raw] and fields[1] is raw
+    assert (length, chunked, cache) == (None, False, CACHE_HIT)
+    raw = b"Date: d\r\nCONTENT-LENGTH:  7 \r\nServer: s\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nA: b\r\n"
+    fields, length, chunked, cache = relay_fields(raw)
+    assert fields == [b"", b"Date: d\r\n", b"Server: s\r\n", b"A: b\r\n"]
+    assert (length, chunked) == (7, False)
+    assert relay_fields(b"") == ([b""], None, False, CACHE_UNKNOWN)
+
+
+names = st.sampled_from([b"Server", b"content-length", b"Content-Length", b"TRANSFER-ENCODING", b"Connection",
+                         b"keep-alive", b"Age", b"x-cache", b"X-Internal", b"te", b"TE", b"Upgrade", b"Date",
+                         b"Last-Modified", b"accept-ranges", b"Trailer", b"Proxy-Connection", b"ETag"])
+values = st.sampled_from([b"5", b" 5 ", b"\t5", b"chunked", b"keep-alive", b"close, X-Internal", b"x-internal",
+                          b"HIT", b"miss", b"", b"nginx/1.22 ", b"Wed, 21 Oct 2015 07:28:00 GMT"])
+
+
+@given(st.lists(st.tuples(names, values), max_size=12), st.booleans())
+def test_relay_fields_agrees_with_the_line_filter(fields: list[tuple[bytes, bytes]], close: bool) -> None:
+    """For any block (names in any case, OWS around values, hop-by-hop fields anywhere), the
+    one pass forwards exactly the lines the plain filter keeps, and reads the same framing as
+    the block's fields split and looked at one by one."""
+    raw = b"".join(b"%s:%s\r\n" % f for f in fields)
+    try:
+        out, length, chunked, _ = relay_fields(raw)
+    except BadRequest:
+        return  # a Content-Length that is not 1*DIGIT: refused whichever way it is read
+    assert relay_head(200, out, b"", close) == forward_response_head(200, b"", raw, b"", close)
+    split = split_fields(raw)
+    assert [n for n, _ in split] == [n.lower() for n, _ in fields]
+    assert chunked == any(n == b"transfer-encoding" for n, _ in split)
+    lengths = [v for n, v in split if n == b"content-length"]
+    assert length == (int(lengths[-1].strip() or b"-1") if lengths else None)

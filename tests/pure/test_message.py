@@ -8,7 +8,8 @@ import pytest
 
 from l7switch.errors import BadRequest
 from l7switch.http import message
-from l7switch.http.message import (check_request, error_response, forward_request_head, forward_response_head,
+from l7switch.http.framing import forward_response_head
+from l7switch.http.message import (check_request, error_response, forward_request_head,
                                    hex40, normalize_path, parse_content_length)
 
 H = [(b"host", b"example.com")]
@@ -172,8 +173,7 @@ def test_upgrade_only_for_allowed_tokens_with_connection_upgrade() -> None:
 
 
 def test_response_head_rewrites_framing_and_connection() -> None:
-    out = forward_response_head(200, b"OK", [(b"connection", b"keep-alive, x-internal"),
-                                             (b"x-internal", b"1"), (b"server", b"o")],
+    out = forward_response_head(200, b"OK", b"Connection: keep-alive, x-internal\r\nX-Internal: 1\r\nserver: o\r\n",
                                 b"Content-Length: 5\r\n", close=True)
     assert out == (b"HTTP/1.1 200 OK\r\nserver: o\r\nVia: 1.1 l7switch\r\nConnection: close\r\n"
                    b"Content-Length: 5\r\n\r\n")

@@ -21,7 +21,8 @@ from l7switch.config import load_config, parse_config
 from l7switch.config.persist import parse_persistence
 from l7switch.config.yamlnodes import Issues
 from l7switch.errors import ConfigError
-from l7switch.http.message import RequestHead, forward_request_head, forward_response_head
+from l7switch.http.framing import forward_response_head
+from l7switch.http.message import RequestHead, forward_request_head
 from l7switch.http.rules import RequestView
 from l7switch.spec import PersistenceSpec, PoolSpec
 
@@ -206,16 +207,19 @@ def test_insert_sets_cookie_only_when_the_client_does_not_name_the_server() -> N
     p = pool("{cookie: {name: SRVID, mode: insert, secure: true, max_age: 1h, domain: example.com}}")
     persist = p.persistence
     a1, a2 = p.servers[0], p.servers[1]
-    line = persist.response(a1, None, [(b"content-type", b"text/plain")])
+    line, block = persist.response(a1, None, b"Content-Type: text/plain\r\n")
+    assert block == b"Content-Type: text/plain\r\n"
     id1 = persist.ids[0].decode()
     assert line == (f"Set-Cookie: SRVID={id1}; Path=/; HttpOnly; Secure; Max-Age=3600; "
                     f"Domain=example.com\r\nCache-Control: private\r\n").encode()
-    assert persist.response(a1, a1, []) == b""  # the client already names a1
-    assert persist.response(a1, a2, []).startswith(f"Set-Cookie: SRVID={id1};".encode())  # moved
-    # The server said something about caching: its word stands, no Cache-Control added.
-    assert b"Cache-Control" not in persist.response(a1, None, [(b"cache-control", b"no-store")])
-    head = forward_response_head(200, b"", [(b"content-length", b"0")], b"Content-Length: 0\r\n",
-                                 False, extra=persist.response(a1, None, []))
+    assert persist.response(a1, a1, b"")[0] == b""  # the client already names a1
+    assert persist.response(a1, a2, b"")[0].startswith(f"Set-Cookie: SRVID={id1};".encode())  # moved
+    # The server said something about caching, in whatever case: its word stands.
+    for said in (b"cache-control: no-store\r\n", b"Date: d\r\nCache-Control: no-store\r\n"):
+        assert b"Cache-Control" not in persist.response(a1, None, said)[0]
+    assert b"Cache-Control" in persist.response(a1, None, b"X-Cache-Control: no\r\n")[0]
+    head = forward_response_head(200, b"", b"Content-Length: 0\r\n", b"Content-Length: 0\r\n",
+                                 False, extra=persist.response(a1, None, b"")[0])
     assert head.count(b"\r\n\r\n") == 1 and b"\r\nSet-Cookie: SRVID=" in head
 
 
@@ -227,17 +231,16 @@ def test_httponly_off_and_session_cookie() -> None:
 def test_rewrite_and_prefix_edit_the_servers_own_cookie_in_place() -> None:
     p = pool("{cookie: {name: JSESSIONID, mode: prefix}}",
              servers="[{address: 127.0.0.1:9001, name: a1, cookie: s1}]")
-    headers = [(b"set-cookie", b"other=1"), (b"set-cookie", b"JSESSIONID=xyz; Path=/")]
-    assert p.persistence.response(p.servers[0], None, headers) == b""
-    assert headers == [(b"set-cookie", b"other=1"), (b"set-cookie", b"JSESSIONID=s1~xyz; Path=/")]
+    block = b"Set-Cookie: other=1\r\nset-cookie:JSESSIONID=xyz; Path=/\r\n"
+    assert p.persistence.response(p.servers[0], None, block) == (
+        b"", b"Set-Cookie: other=1\r\nset-cookie: JSESSIONID=s1~xyz; Path=/\r\n")
     p = pool("{cookie: {name: JSESSIONID, mode: rewrite}}",
              servers="[{address: 127.0.0.1:9001, name: a1, cookie: s1}]")
-    headers = [(b"set-cookie", b"JSESSIONID=xyz; Path=/")]
-    p.persistence.response(p.servers[0], None, headers)
-    assert headers == [(b"set-cookie", b"JSESSIONID=s1; Path=/")]
+    block = b"Set-Cookie: JSESSIONID=xyz; Path=/\r\n"
+    assert p.persistence.response(p.servers[0], None, block) == (b"", b"Set-Cookie: JSESSIONID=s1; Path=/\r\n")
     # No Set-Cookie from the server: nothing added (the application decides, as HAProxy rewrite).
-    headers = [(b"content-type", b"text/html")]
-    assert p.persistence.response(p.servers[0], None, headers) == b"" and len(headers) == 1
+    block = b"Content-Type: text/html\r\n"
+    assert p.persistence.response(p.servers[0], None, block)[1] is block
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------

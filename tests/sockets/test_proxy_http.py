@@ -215,6 +215,60 @@ def test_response_hop_by_hop_removed(raw_origin, switch_factory):
         assert r.header("connection") is None
 
 
+def test_response_lines_forwarded_as_the_server_wrote_them(raw_origin, switch_factory):
+    """The response's field lines reach the client as the server spelled them (case and
+    whitespace), hop-by-hop ones gone, whether the head comes after an interim 103 in the same
+    read, after an empty line llhttp skips, or byte by byte."""
+    head = (b"X-MiXeD:  v \t\r\nconnection: keep-alive\r\nSERVER: o\r\nCONTENT-LENGTH: 2\r\n"
+            b"keep-alive: timeout=5\r\nETag: \"1\"\r\n\r\nok")
+    forms = [b"HTTP/1.1 200 OK\r\n" + head,
+             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n" + head,
+             b"\r\nHTTP/1.1 200 OK\r\n" + head]
+
+    async def behave(reader, writer):
+        n = 0
+        while True:
+            await read_head(reader)
+            raw = forms[n % 3] if n < 3 else forms[1]
+            if n < 3:
+                writer.write(raw)
+            else:  # byte by byte
+                for i in range(len(raw)):
+                    writer.write(raw[i:i + 1])
+                    await writer.drain()
+            await writer.drain()
+            n += 1
+    ro = raw_origin(behave)
+    sw = switch_factory(simple_config(ro.port))
+    with Conn(sw.port) as c:
+        for _ in range(4):
+            c.send(get("/"))
+            r = c.response()
+            assert r.body == b"ok"
+            assert r.raw_head.startswith(b"HTTP/1.1 200 OK\r\nX-MiXeD:  v \t\r\nSERVER: o\r\nETag: \"1\"\r\n")
+            assert b"keep-alive" not in r.raw_head.lower() and b"\r\nContent-Length: 2\r\n" in r.raw_head
+    assert ro.connections == 1  # every response read to its end: the connection was reused
+
+
+def test_too_many_response_fields_502(raw_origin, switch_factory):
+    """HAProxy's tune.http.maxhdr default: 101 response fields pass, the 102nd is a 502."""
+    async def behave(reader, writer):
+        while True:
+            head = await read_head(reader)
+            n = int(head.split(b" ")[1].lstrip(b"/"))
+            writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-F: 1\r\n" * (n - 1) + b"Content-Length: 2\r\n\r\nok")
+            await writer.drain()
+    ro = raw_origin(behave)
+    sw = switch_factory(simple_config(ro.port))
+    with Conn(sw.port) as c:
+        c.send(get("/101"))
+        r = c.response()
+        assert r.status == 200 and len(r.all("x-f")) == 100
+    with Conn(sw.port) as c:
+        c.send(get("/102"))
+        assert c.response().status == 502
+
+
 # ---- bodies and framing -----------------------------------------------------------------------
 
 def test_chunked_request_body_rechunked(proxy):
