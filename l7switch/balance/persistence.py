@@ -264,10 +264,10 @@ class Persistence:
     def after_pick(self, server: Server, key: str | None) -> None:
         """``server`` takes the request (sticky or newly picked)."""
 
-    def response(self, server: Server, named: Server | None, block: bytes) -> tuple[bytes, bytes]:
-        """For the response of ``server`` whose field block (http/fields.py) is ``block``: the
-        lines to add, and the block to forward (``block`` itself unless a field was edited)."""
-        return b"", block
+    def response(self, server: Server, named: Server | None, lines: list[bytes]) -> tuple[bytes, list[bytes]]:
+        """For the response of ``server`` whose head's lines (http/fields.py) are ``lines``:
+        the lines to add, and the lines to forward (``lines`` itself unless a field was edited)."""
+        return b"", lines
 
     def snapshot(self) -> dict[str, Any]:
         return {"method": self.method, "redispatch": self.redispatch}
@@ -301,15 +301,15 @@ class CookiePersistence(Persistence):
         ident, cookies = scan_request_cookies(headers, self.name, self.mode)
         return (self.by_id.get(ident) if ident is not None else None), None, cookies
 
-    def response(self, server: Server, named: Server | None, block: bytes) -> tuple[bytes, bytes]:
+    def response(self, server: Server, named: Server | None, lines: list[bytes]) -> tuple[bytes, list[bytes]]:
         if self.mode is INSERT:
             if named is server:
-                return b"", block  # the client already names this server
-            if has_field(block, b"cache-control"):
-                return self.lines[server.index], block  # the server decided about caching
-            return self.lines_private[server.index], block
+                return b"", lines  # the client already names this server
+            if has_field(lines, b"cache-control"):
+                return self.lines[server.index], lines  # the server decided about caching
+            return self.lines_private[server.index], lines
         ident, name, mode = self.ids[server.index], self.name, self.mode
-        return b"", edit_values(block, b"set-cookie", lambda v: edit_set_cookie(v, name, ident, mode))
+        return b"", edit_values(lines, b"set-cookie", lambda v: edit_set_cookie(v, name, ident, mode))
 
     def snapshot(self) -> dict[str, Any]:
         return {**super().snapshot(), "cookie": self.spec.cookie_name, "mode": self.mode}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
-from .fields import block_hop_by_hop, field_lines
+from .fields import field_lines, lines_hop_by_hop
 from .message import ASCII_LOWER, HOP_BY_HOP, PLAIN_CONNECTION, parse_content_length, relay_head
 
 NO_BODY_STATUS: Final = (204, 304)
@@ -24,26 +24,23 @@ CHUNKED_LINE: Final = b"Transfer-Encoding: chunked\r\n"
 #: Content-Length or None).
 Framing = tuple[bytes, bool, bool, bool, bool, "int | None"]
 
-#: What relay_fields reads from a response's field block: the pieces to forward (to join;
+#: What relay_fields reads from a response head's lines: the pieces to forward (to join;
 #: index 0 is kept for the status line), Content-Length or None, chunked, cache verdict.
 Fields = tuple[list[bytes], "int | None", bool, int]
 
 #: Fields the one pass stops at: the hop-by-hop ones (dropped; Content-Length and
 #: Transfer-Encoding among them) and the two a cache answers with (read, then forwarded).
 _NOTED: Final = HOP_BY_HOP | frozenset((b"x-cache", b"age"))
-#: For each first byte of a lower-case field line, the _NOTED names (with their colon) that
-#: start with it: a field whose line starts otherwise (Date, Server, ETag...) is passed on after
-#: one look at its first byte; the others cost a ``startswith`` or two (mypyc and CPython both
-#: do that in C; a loop over the bytes up to the colon is slow in the pure build).
-_BY_FIRST: Final = [tuple(n + b":" for n in sorted(_NOTED) if n[0] == c) for c in range(256)]
+#: For each byte a field line may start with (either case), the _NOTED names starting with it:
+#: a line starting otherwise (Date, Server, ETag...) is passed on after one look at its first
+#: byte; a name is only cut out and lower-cased where a colon stands right after its length.
+_BY_FIRST: Final = [tuple(n for n in sorted(_NOTED) if n[0] == c | 0x20) for c in range(256)]
 
 
-def relay_fields(block: bytes) -> Fields:
-    """One pass over a final response's field block (http/fields.py): the lines to forward,
-    the framing they declare and whether a cache answered.
-
-    Lines are forwarded as runs: the bytes between two dropped (hop-by-hop) fields go as one
-    slice of the block — the whole block when none is dropped — not rebuilt field by field.
+def relay_fields(lines: list[bytes]) -> Fields:
+    """One pass over a final response's lines (http/fields.cut_head: the status line, then the
+    field lines as the server wrote them): the lines to forward, the framing they declare and
+    whether a cache answered.
 
     The cache verdict: ``X-Cache`` (Squid, Varnish, CDNs: a value with HIT or MISS in it, the
     first of a list being the nearest cache) or, without it, an ``Age`` field (RFC 9111 §5.1:
@@ -56,54 +53,51 @@ def relay_fields(block: bytes) -> Fields:
     cache = CACHE_UNKNOWN
     age = False
     listed = False
-    run = 0  # where the lines not yet in ``out`` start
-    pos = 0  # where ``line`` starts
-    for line in block.translate(ASCII_LOWER).split(b"\r\n"):  # (the last is the b"" after the last CRLF)
+    for i in range(1, len(lines)):
+        line = lines[i]
         n = len(line)
-        if n:
-            for name in _BY_FIRST[line[0]]:
-                if line.startswith(name):
-                    at = len(name)
-                    while at < n and line[at] in (32, 9):  # OWS (RFC 9110 §5.6.3)
-                        at += 1
-                    value = block[pos + at:pos + n]  # as the server wrote it
-                    if name == b"x-cache:":
-                        first = value.split(b",", 1)[0].upper()
-                        if first.find(b"HIT") >= 0:
-                            cache = CACHE_HIT
-                        elif first.find(b"MISS") >= 0:
-                            cache = CACHE_MISS
-                    elif name == b"age:":
-                        age = True
-                    else:
-                        if name == b"content-length:":
-                            length = parse_content_length(value, first=True)
-                        elif name == b"transfer-encoding:":
-                            chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
-                        elif name == b"connection:" and value not in PLAIN_CONNECTION:
-                            listed = True
-                        # hop-by-hop: not forwarded
-                        if run < pos:
-                            out.append(block[run:pos])
-                        run = pos + n + 2
-                    break
-        pos += n + 2
-    end = len(block)
-    if run < end:
-        out.append(block if run == 0 else block[run:end])
+        for name in _BY_FIRST[line[0]]:
+            k = len(name)
+            if n > k and line[k] == 58 and line[:k].translate(ASCII_LOWER) == name:  # "name:"
+                at = k + 1
+                while at < n and line[at] in (32, 9):  # OWS (RFC 9110 §5.6.3)
+                    at += 1
+                value = line[at:]
+                if name == b"x-cache":
+                    first = value.split(b",", 1)[0].upper()
+                    if first.find(b"HIT") >= 0:
+                        cache = CACHE_HIT
+                    elif first.find(b"MISS") >= 0:
+                        cache = CACHE_MISS
+                elif name == b"age":
+                    age = True
+                else:
+                    if name == b"content-length":
+                        length = parse_content_length(value, first=True)
+                    elif name == b"transfer-encoding":
+                        chunked = True  # Transfer-Encoding overrides Content-Length (RFC 9112 §6.3(3))
+                    elif name == b"connection" and value not in PLAIN_CONNECTION:
+                        listed = True
+                    break  # hop-by-hop: not forwarded
+                out.append(line)
+                out.append(b"\r\n")
+                break
+        else:
+            out.append(line)
+            out.append(b"\r\n")
     if listed:
-        out = field_lines(block, block_hop_by_hop(block))
+        out = field_lines(lines, lines_hop_by_hop(lines))
     if age and not cache:
         cache = CACHE_HIT
     return out, length, chunked, cache
 
 
-def forward_response_head(status: int, reason: bytes, block: bytes, framing: bytes, close: bool,
+def forward_response_head(status: int, reason: bytes, lines: list[bytes], framing: bytes, close: bool,
                           upgrade: bytes | None = None, extra: bytes = b"") -> bytes:
     """The head of an interim (1xx) or 101 response for the client; ``framing`` is the
     line(s) we add (CL or TE chunked), ``extra`` more complete lines. (A final response's
     fields go through relay_fields instead, which reads its framing in the same pass.)"""
-    return relay_head(status, field_lines(block, block_hop_by_hop(block)), framing, close, extra, upgrade,
+    return relay_head(status, field_lines(lines, lines_hop_by_hop(lines)), framing, close, extra, upgrade,
                       reason)
 
 

@@ -449,7 +449,7 @@ class Exchange(ResponseSink):
         self.request_complete()
 
     # ---- response side (ports.ResponseSink, called by UpstreamConnection) ----------------------
-    def response_head(self, status: int, block: bytes) -> None:
+    def response_head(self, status: int, lines: list[bytes]) -> None:
         up = self.up
         if self.phase != AWAITING:
             if up is not None:
@@ -458,7 +458,7 @@ class Exchange(ResponseSink):
         if 100 <= status < 200 and status != 101:
             # RFC 9110 §15.2: forward 1xx, but never to an HTTP/1.0 client.
             if self.head.version == "1.1":
-                self.to_client.append(forward_response_head(status, b"", block, b"", False))
+                self.to_client.append(forward_response_head(status, b"", lines, b"", False))
             return
         server = self.server
         self.t_resp = now = monotonic()
@@ -475,7 +475,7 @@ class Exchange(ResponseSink):
                 self.upstream_failed("101 to a request that asked for no upgrade")
                 return
             self.phase = UPGRADING
-            self.to_client.append(forward_response_head(101, b"", block, b"", False,
+            self.to_client.append(forward_response_head(101, b"", lines, b"", False,
                                                          upgrade=self.head.upgrade))
             return
         if self.head.upgrade is not None:
@@ -485,12 +485,12 @@ class Exchange(ResponseSink):
             if up is not None:
                 up.keep_alive = False
         persist = self.pool.persistence
-        # Set-Cookie added, or edited in the block (rewrite/prefix: so before it is read);
-        # still one head and one write.
+        # Set-Cookie added, or edited (rewrite/prefix: so before the lines are read); still one
+        # head and one write.
         extra = b""
         if persist is not None and server is not None:
-            extra, block = persist.response(server, self.sticky, block)
-        fields, length, chunked, self.cache = relay_fields(block)  # one pass over the fields
+            extra, lines = persist.response(server, self.sticky, lines)
+        fields, length, chunked, self.cache = relay_fields(lines)  # one pass over the fields
         framing, self.resp_chunked, self.resp_eof, self.no_body, self.resp_close, length = \
             response_framing(self.head.method, self.head.version, status, length, chunked, self.resp_close)
         if self.resp_eof and up is not None:

@@ -26,8 +26,9 @@ class ResponseSink:
 
     __slots__ = ()
 
-    def response_head(self, status: int, block: bytes) -> None:
-        """A response head: its status and its field block as received (http/fields.py)."""
+    def response_head(self, status: int, lines: list[bytes]) -> None:
+        """A response head: its status and its lines as received (http/fields.cut_head: the
+        status line, then the field lines)."""
         raise NotImplementedError
 
     def response_body(self, data: bytes) -> None:

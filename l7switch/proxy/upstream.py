@@ -13,8 +13,8 @@ While a tunnel owns it (after a 101), bytes go to the tunnel instead.
 
 llhttp checks the head's syntax, but no call-back per field is asked of it (through httptools
 each costs a Python call and two bytes objects): the bytes of the head are kept as they come,
-and when llhttp says the head is complete its field block is cut out of them in one slice
-(http/fields.py), to be forwarded as it came.
+and when llhttp says the head is complete its lines are cut out of them (http/fields.py), to
+be forwarded as they came.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import httptools
 
 from ..balance.servers import Server
 from ..errors import BadGateway, GatewayTimeout, L7Error, OutOfDescriptors, ServiceUnavailable
+from ..http.fields import cut_head
 from ..net.clock import Clock, monotonic
 from ..net.flow import PEER_FULL, FlowControl
 from ..net.ratelog import fd_exhausted
@@ -38,8 +39,6 @@ log = logging.getLogger("l7switch")
 
 # Response header fields accepted from a server; HAProxy's tune.http.maxhdr default is 101.
 MAX_RESPONSE_HEADERS: Final = 101
-# A field line is at least 4 bytes ("a:" CRLF): a smaller block cannot hold too many.
-_MIN_FIELDS_BYTES: Final = 4 * MAX_RESPONSE_HEADERS
 
 
 class _NoCallbacks:
@@ -166,36 +165,25 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
-        # (No bytes kept: a second response after a complete one, which the owner refuses.)
-        block = self._field_block() if self.head_parts else b""
-        if len(block) > _MIN_FIELDS_BYTES and block.count(b"\r\n") > MAX_RESPONSE_HEADERS:
-            raise ValueError(f"more than {MAX_RESPONSE_HEADERS} response header fields")
         # A 1xx is followed by the real head, which is counted afresh.
-        self.in_head = 100 <= status < 200 and status != 101
+        self.in_head = interim = 100 <= status < 200 and status != 101
         self.head_seen = 0
         self.head_lines = 0
-        if not self.in_head:
-            self.head_parts = []
-            self.head_at = 0
-        if owner is not None:
-            owner.response_head(status, block)
-
-    def _field_block(self) -> bytes:
-        """The field lines of the head llhttp has just accepted, cut from the bytes fed since
-        it began: after the status line, up to the empty line (each line keeps its CRLF)."""
         parts = self.head_parts
-        if len(parts) == 1:
-            buf = parts[0]
+        if not parts:
+            # No bytes kept: a second response after a complete one, which the owner refuses.
+            lines = [b""]
         else:
-            buf = b"".join(parts)
-            self.head_parts = [buf]  # offsets into it stay valid for a head after a 1xx
-        at = self.head_at
-        while buf[at] == 13 or buf[at] == 10:
-            at += 1  # llhttp skips empty lines before a status line
-        line_end = buf.find(b"\r\n", at)  # llhttp accepts no line end but CRLF
-        end = buf.find(b"\r\n\r\n", line_end)
-        self.head_at = end + 4
-        return buf[line_end + 2:end + 2]
+            buf = parts[0] if len(parts) == 1 else b"".join(parts)
+            lines, at = cut_head(buf, self.head_at, MAX_RESPONSE_HEADERS)
+            if interim:
+                self.head_parts = [buf]  # what follows the 1xx is found from ``at``
+                self.head_at = at
+            else:
+                self.head_parts = []
+                self.head_at = 0
+        if owner is not None:
+            owner.response_head(status, lines)
 
     def on_body(self, body: bytes) -> None:
         owner = self.owner

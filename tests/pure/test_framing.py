@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from l7switch.errors import BadRequest
-from l7switch.http.fields import split_fields
+from l7switch.http.fields import cut_head, split_fields
 from l7switch.http.framing import Framing, forward_response_head, relay_fields, response_framing
 from l7switch.http.message import relay_head
 from l7switch.stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
@@ -38,9 +38,9 @@ CASES = [
 ]
 
 
-def block(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A field block (http/fields.py) with these fields, as a server would send them."""
-    return b"".join(b"%s: %s\r\n" % field for field in headers)
+def block(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """A head's lines (http/fields.cut_head) with these fields, as a server would send them."""
+    return [b"HTTP/1.1 200 OK"] + [b"%s: %s" % field for field in headers]
 
 
 def framing(method: bytes, version: str, status: int, headers: list[tuple[bytes, bytes]],
@@ -70,7 +70,7 @@ def test_cache_verdict(headers, verdict) -> None:
 
 def test_bad_content_length_is_refused() -> None:
     with pytest.raises(BadRequest):
-        relay_fields(b"Content-Length: -1\r\n")
+        relay_fields([b"HTTP/1.1 200 OK", b"Content-Length: -1"])
 
 
 @pytest.mark.parametrize("headers", [
@@ -93,37 +93,54 @@ def test_one_pass_head_is_the_forwarded_head(headers: list[tuple[bytes, bytes]],
 
 def test_lines_are_forwarded_as_the_server_wrote_them() -> None:
     """The server's spelling of names and its whitespace are kept (HAProxy keeps them on
-    HTTP/1.1); runs between dropped fields go as slices, the whole block when none is dropped."""
-    raw = b"SERVER:\tnginx \r\nX-Cache:  hit\r\nETag: \"1\"\r\n"
-    fields, length, chunked, cache = relay_fields(raw)
-    assert fields == [b"", raw] and fields[1] is raw
+    HTTP/1.1); only the fields the switch acts on are looked at."""
+    raw = b"HTTP/1.1 200 OK\r\nSERVER:\tnginx \r\nX-Cache:  hit\r\nETag: \"1\"\r\nContent-Type: t\r\n\r\nbody\r\n\r\n"
+    lines, end = cut_head(raw, 0, 101)
+    assert lines == [b"HTTP/1.1 200 OK", b"SERVER:\tnginx ", b"X-Cache:  hit", b"ETag: \"1\"", b"Content-Type: t"]
+    assert raw[end:] == b"body\r\n\r\n"
+    fields, length, chunked, cache = relay_fields(lines)
+    assert b"".join(fields) == b"SERVER:\tnginx \r\nX-Cache:  hit\r\nETag: \"1\"\r\nContent-Type: t\r\n"
     assert (length, chunked, cache) == (None, False, CACHE_HIT)
-    raw = b"Date: d\r\nCONTENT-LENGTH:  7 \r\nServer: s\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nA: b\r\n"
-    fields, length, chunked, cache = relay_fields(raw)
-    assert fields == [b"", b"Date: d\r\n", b"Server: s\r\n", b"A: b\r\n"]
+    raw = (b"\r\n\r\nHTTP/1.1 200 OK\r\nDate: d\r\nCONTENT-LENGTH:  7 \r\nServer: s\r\nConnection: keep-alive\r\n"
+           b"Keep-Alive: timeout=5\r\nA: b\r\nContent-Lengthy: 1\r\nCon: 1\r\n\r\n")
+    lines, end = cut_head(raw, 0, 101)  # (llhttp skips empty lines before a status line)
+    assert lines[0] == b"HTTP/1.1 200 OK" and end == len(raw)
+    fields, length, chunked, cache = relay_fields(lines)
+    assert b"".join(fields) == b"Date: d\r\nServer: s\r\nA: b\r\nContent-Lengthy: 1\r\nCon: 1\r\n"
     assert (length, chunked) == (7, False)
-    assert relay_fields(b"") == ([b""], None, False, CACHE_UNKNOWN)
+    assert relay_fields([b"HTTP/1.1 200 OK"]) == ([b""], None, False, CACHE_UNKNOWN)
+    # A head after an interim one, from where that one ended.
+    raw = b"HTTP/1.1 103 Early Hints\r\nLink: <a>\r\n\r\nHTTP/1.1 204 No Content\r\nX: y\r\n\r\n"
+    lines, end = cut_head(raw, 0, 101)
+    assert lines == [b"HTTP/1.1 103 Early Hints", b"Link: <a>"]
+    assert cut_head(raw, end, 101) == ([b"HTTP/1.1 204 No Content", b"X: y"], len(raw))
+    raw = b"HTTP/1.1 200 OK\r\n" + b"A: b\r\n" * 3 + b"\r\n"
+    assert len(cut_head(raw, 0, 3)[0]) == 4
+    with pytest.raises(ValueError):
+        cut_head(raw, 0, 2)
 
 
 names = st.sampled_from([b"Server", b"content-length", b"Content-Length", b"TRANSFER-ENCODING", b"Connection",
                          b"keep-alive", b"Age", b"x-cache", b"X-Internal", b"te", b"TE", b"Upgrade", b"Date",
-                         b"Last-Modified", b"accept-ranges", b"Trailer", b"Proxy-Connection", b"ETag"])
+                         b"Last-Modified", b"accept-ranges", b"Trailer", b"Proxy-Connection", b"ETag",
+                         b"Content-Type", b"Connectio", b"Ages", b"T"])
 values = st.sampled_from([b"5", b" 5 ", b"\t5", b"chunked", b"keep-alive", b"close, X-Internal", b"x-internal",
                           b"HIT", b"miss", b"", b"nginx/1.22 ", b"Wed, 21 Oct 2015 07:28:00 GMT"])
 
 
 @given(st.lists(st.tuples(names, values), max_size=12), st.booleans())
 def test_relay_fields_agrees_with_the_line_filter(fields: list[tuple[bytes, bytes]], close: bool) -> None:
-    """For any block (names in any case, OWS around values, hop-by-hop fields anywhere), the
+    """For any head (names in any case, OWS around values, hop-by-hop fields anywhere), the
     one pass forwards exactly the lines the plain filter keeps, and reads the same framing as
-    the block's fields split and looked at one by one."""
-    raw = b"".join(b"%s:%s\r\n" % f for f in fields)
+    the fields split and looked at one by one."""
+    raw = b"HTTP/1.1 200 OK\r\n" + b"".join(b"%s:%s\r\n" % f for f in fields) + b"\r\n"
+    lines, _ = cut_head(raw, 0, 101)
     try:
-        out, length, chunked, _ = relay_fields(raw)
+        out, length, chunked, _ = relay_fields(lines)
     except BadRequest:
         return  # a Content-Length that is not 1*DIGIT: refused whichever way it is read
-    assert relay_head(200, out, b"", close) == forward_response_head(200, b"", raw, b"", close)
-    split = split_fields(raw)
+    assert relay_head(200, out, b"", close) == forward_response_head(200, b"", lines, b"", close)
+    split = split_fields(lines)
     assert [n for n, _ in split] == [n.lower() for n, _ in fields]
     assert chunked == any(n == b"transfer-encoding" for n, _ in split)
     lengths = [v for n, v in split if n == b"content-length"]

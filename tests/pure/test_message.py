@@ -173,7 +173,8 @@ def test_upgrade_only_for_allowed_tokens_with_connection_upgrade() -> None:
 
 
 def test_response_head_rewrites_framing_and_connection() -> None:
-    out = forward_response_head(200, b"OK", b"Connection: keep-alive, x-internal\r\nX-Internal: 1\r\nserver: o\r\n",
+    out = forward_response_head(200, b"OK", [b"HTTP/1.1 200 OK", b"Connection: keep-alive, x-internal",
+                                            b"X-Internal: 1", b"server: o"],
                                 b"Content-Length: 5\r\n", close=True)
     assert out == (b"HTTP/1.1 200 OK\r\nserver: o\r\nVia: 1.1 l7switch\r\nConnection: close\r\n"
                    b"Content-Length: 5\r\n\r\n")

@@ -207,19 +207,20 @@ def test_insert_sets_cookie_only_when_the_client_does_not_name_the_server() -> N
     p = pool("{cookie: {name: SRVID, mode: insert, secure: true, max_age: 1h, domain: example.com}}")
     persist = p.persistence
     a1, a2 = p.servers[0], p.servers[1]
-    line, block = persist.response(a1, None, b"Content-Type: text/plain\r\n")
-    assert block == b"Content-Type: text/plain\r\n"
+    head = [b"HTTP/1.1 200 OK", b"Content-Type: text/plain"]
+    line, lines = persist.response(a1, None, head)
+    assert lines is head
     id1 = persist.ids[0].decode()
     assert line == (f"Set-Cookie: SRVID={id1}; Path=/; HttpOnly; Secure; Max-Age=3600; "
                     f"Domain=example.com\r\nCache-Control: private\r\n").encode()
-    assert persist.response(a1, a1, b"")[0] == b""  # the client already names a1
-    assert persist.response(a1, a2, b"")[0].startswith(f"Set-Cookie: SRVID={id1};".encode())  # moved
+    assert persist.response(a1, a1, [b""])[0] == b""  # the client already names a1
+    assert persist.response(a1, a2, [b""])[0].startswith(f"Set-Cookie: SRVID={id1};".encode())  # moved
     # The server said something about caching, in whatever case: its word stands.
-    for said in (b"cache-control: no-store\r\n", b"Date: d\r\nCache-Control: no-store\r\n"):
+    for said in ([b"", b"cache-control: no-store"], [b"", b"Date: d", b"Cache-Control:no-store"]):
         assert b"Cache-Control" not in persist.response(a1, None, said)[0]
-    assert b"Cache-Control" in persist.response(a1, None, b"X-Cache-Control: no\r\n")[0]
-    head = forward_response_head(200, b"", b"Content-Length: 0\r\n", b"Content-Length: 0\r\n",
-                                 False, extra=persist.response(a1, None, b"")[0])
+    assert b"Cache-Control" in persist.response(a1, None, [b"", b"X-Cache-Control: no"])[0]
+    head = forward_response_head(200, b"", [b"", b"Content-Length: 0"], b"Content-Length: 0\r\n",
+                                 False, extra=persist.response(a1, None, [b""])[0])
     assert head.count(b"\r\n\r\n") == 1 and b"\r\nSet-Cookie: SRVID=" in head
 
 
@@ -231,16 +232,17 @@ def test_httponly_off_and_session_cookie() -> None:
 def test_rewrite_and_prefix_edit_the_servers_own_cookie_in_place() -> None:
     p = pool("{cookie: {name: JSESSIONID, mode: prefix}}",
              servers="[{address: 127.0.0.1:9001, name: a1, cookie: s1}]")
-    block = b"Set-Cookie: other=1\r\nset-cookie:JSESSIONID=xyz; Path=/\r\n"
-    assert p.persistence.response(p.servers[0], None, block) == (
-        b"", b"Set-Cookie: other=1\r\nset-cookie: JSESSIONID=s1~xyz; Path=/\r\n")
+    lines = [b"HTTP/1.1 200 OK", b"Set-Cookie: other=1", b"set-cookie:JSESSIONID=xyz; Path=/"]
+    assert p.persistence.response(p.servers[0], None, lines) == (
+        b"", [b"HTTP/1.1 200 OK", b"Set-Cookie: other=1", b"set-cookie: JSESSIONID=s1~xyz; Path=/"])
     p = pool("{cookie: {name: JSESSIONID, mode: rewrite}}",
              servers="[{address: 127.0.0.1:9001, name: a1, cookie: s1}]")
-    block = b"Set-Cookie: JSESSIONID=xyz; Path=/\r\n"
-    assert p.persistence.response(p.servers[0], None, block) == (b"", b"Set-Cookie: JSESSIONID=s1; Path=/\r\n")
+    lines = [b"HTTP/1.1 200 OK", b"Set-Cookie: JSESSIONID=xyz; Path=/"]
+    assert p.persistence.response(p.servers[0], None, lines) == (
+        b"", [b"HTTP/1.1 200 OK", b"Set-Cookie: JSESSIONID=s1; Path=/"])
     # No Set-Cookie from the server: nothing added (the application decides, as HAProxy rewrite).
-    block = b"Content-Type: text/html\r\n"
-    assert p.persistence.response(p.servers[0], None, block)[1] is block
+    lines = [b"HTTP/1.1 200 OK", b"Content-Type: text/html"]
+    assert p.persistence.response(p.servers[0], None, lines)[1] is lines
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------
