@@ -53,8 +53,9 @@ def flag_table(flagged: bytes) -> bytes:
 
 _HASH_OR_QUERY: Final = flag_table(b"#?")
 
-#: Host values that matched _HOST, exactly as they came (a site has a few): checked once each.
-_VALID_HOSTS: Final[set[bytes]] = set()
+#: Host values that matched _HOST, exactly as they came (a site has a few), each with the name
+#: the rules see (host_name): checked and converted once each.
+_VALID_HOSTS: Final[dict[bytes, str]] = {}
 VALID_HOSTS_MAX: Final = 4096
 
 #: bytes.lower() as a table: ``name.translate(ASCII_LOWER)`` is a C call in the compiled build
@@ -216,8 +217,8 @@ def remove_dot_segments(path: str) -> str:
 class RequestHead:
     """A validated request head, reduced to what routing and forwarding need."""
 
-    __slots__ = ("method", "target", "path", "query", "host", "headers", "version", "keep_alive",
-                 "content_length", "chunked", "upgrade", "expect_continue")
+    __slots__ = ("method", "target", "path", "query", "host", "hostname", "headers", "version",
+                 "keep_alive", "content_length", "chunked", "upgrade", "expect_continue")
 
     def __init__(self) -> None:
         self.method = b""
@@ -225,6 +226,7 @@ class RequestHead:
         self.path = "/"
         self.query = ""
         self.host = b""
+        self.hostname = ""  # what host rules match: host_name(host)
         self.headers: list[tuple[bytes, bytes]] = []
         self.version = "1.1"
         self.keep_alive = True
@@ -248,6 +250,27 @@ def upgrade_tokens(names: tuple[str, ...]) -> frozenset[bytes]:
     if tokens is None:
         tokens = _UPGRADES[names] = frozenset(n.lower().encode("ascii") for n in names)
     return tokens
+
+
+#: The common methods' names as str (RFC 9110 §9.3, RFC 5789): the rules see a str.
+_METHOD_NAMES: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+                                                "TRACE", "PATCH")}
+
+
+def method_name(method: bytes) -> str:
+    """``method.decode("latin-1")``, looked up for the common ones."""
+    name = _METHOD_NAMES.get(method)
+    return name if name is not None else method.decode("latin-1")
+
+
+def host_name(host: bytes) -> str:
+    """The name host rules match for a (valid) Host value: lower case, without the port; an
+    IP literal keeps its brackets."""
+    if host.startswith(b"["):
+        host = host[:host.find(b"]") + 1]
+    else:
+        host = host.split(b":", 1)[0]
+    return host.decode("latin-1").lower()
 
 
 def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], version: str,
@@ -322,14 +345,17 @@ def check_request(method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
             raise BadRequest("missing Host")  # RFC 9112 §3.2
         hosts = [b""]
     host = hosts[0]
-    if host not in _VALID_HOSTS:  # a set lookup instead of the regex for hosts seen before
+    hostname = _VALID_HOSTS.get(host)  # a dict lookup instead of the regex for hosts seen before
+    if hostname is None:
         host = host.strip()
         if not _HOST.match(host):
             raise BadRequest("invalid Host")
+        hostname = host_name(host)
         if len(_VALID_HOSTS) >= VALID_HOSTS_MAX:
             _VALID_HOSTS.clear()  # random Host values cost a regex each, never memory
-        _VALID_HOSTS.add(host)
+        _VALID_HOSTS[host] = hostname
     head.host = host
+    head.hostname = hostname
     raw_path, _, query = (target, b"", b"") if plain else target.partition(b"?")
     head.query = query.decode("latin-1")
     if target == b"*":
@@ -371,6 +397,33 @@ def xff_line(client_ip: str) -> bytes:
             _XFF_LINES.clear()
         _XFF_LINES[client_ip] = line
     return line
+
+
+class _IdHead:
+    """The request-id line up to its last two hex digits, for the current block of 256 ids."""
+
+    __slots__ = ("name", "prefix", "high", "head")
+
+    def __init__(self) -> None:
+        self.name = b""
+        self.prefix = b""
+        self.high = -1
+        self.head = b""
+
+
+_ID_HEAD: Final = _IdHead()
+_HEX_CRLF: Final = [b"%02x\r\n" % i for i in range(256)]
+
+
+def id_line(name: bytes, prefix: bytes, seq: int) -> bytes:
+    """``b"%s: %s%s\r\n" % (name, prefix, hex40(seq))``, made with one concatenation: the
+    line's start changes once every 256 requests (ids are sequential), only its end each time."""
+    ids = _ID_HEAD
+    high = seq >> 8
+    if high != ids.high or name is not ids.name or prefix is not ids.prefix:
+        ids.name, ids.prefix, ids.high = name, prefix, high
+        ids.head = b"%s: %s%s" % (name, prefix, hex40(high << 8)[:-2])
+    return ids.head + _HEX_CRLF[seq & 255]
 
 
 def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunked: bool,
@@ -416,7 +469,7 @@ def forward_request_head(head: RequestHead, client_ip: str, proto: bytes, chunke
     else:
         out.append(b"X-Forwarded-Proto: %s\r\nVia: %s\r\n" % (proto, VIA))
     if id_header and not has_id:
-        out.append(b"%s: %s%s\r\n" % (id_name, id_prefix, hex40(seq)))
+        out.append(id_line(id_name, id_prefix, seq))
     if head.upgrade is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % head.upgrade)
     if chunked:

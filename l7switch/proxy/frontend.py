@@ -35,7 +35,8 @@ from typing import Any, Final, cast
 import httptools
 
 from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
-from ..http.message import ASCII_LOWER, DEFAULT_UPGRADES, check_request, error_response, upgrade_tokens
+from ..http.message import (ASCII_LOWER, DEFAULT_UPGRADES, check_request, error_response, method_name,
+                            upgrade_tokens)
 from ..http.rules import RequestView
 from ..net.clock import monotonic
 from ..net.flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, TURN, WAITING, FlowControl
@@ -404,13 +405,7 @@ class ClientConnection(ClientPort):
         if limit is not None and head.content_length is not None and head.content_length > limit:
             # Refuse at the head: a body at/above splice.threshold never passes request_body's check.
             raise PayloadTooLarge(f"request body over {limit} bytes")
-        host = head.host
-        if host.startswith(b"["):
-            host = host[:host.find(b"]") + 1]
-        else:
-            host = host.split(b":", 1)[0]
-        view = RequestView(head.method.decode("latin-1"), head.path, head.query,
-                           host.decode("latin-1").lower(), raw=head.headers)
+        view = RequestView(method_name(head.method), head.path, head.query, head.hostname, raw=head.headers)
         rule, pool_name = gen.router.route(view)
         pool = gen.pools[pool_name]
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None

@@ -92,14 +92,31 @@ def test_hex40_is_the_request_id_format() -> None:
         assert hex40(n) == b"%010x" % n
 
 
+def test_id_line_is_the_formatted_line() -> None:
+    """id_line keeps the line's start for a block of 256 ids; any id, name or prefix gives
+    exactly the formatted line."""
+    for name, prefix in ((b"X-Request-Id", b"a1b2c3"), (b"X-Trace", b"a1b2c3"), (b"X-Trace", b"ffffff")):
+        for n in (0, 1, 255, 256, 257, 0x1234, 0x123456789, 2**40 - 1, 2**40, 2**45 + 7, 5, 300):
+            assert message.id_line(name, prefix, n) == b"%s: %s%010x\r\n" % (name, prefix, n)
+
+
+def test_method_names() -> None:
+    for m in (b"GET", b"PROPFIND", b"M-SEARCH", b"PATCH"):
+        assert message.method_name(m) == m.decode()
+
+
 def test_host_values_are_checked_once_each_and_the_memory_is_bounded() -> None:
-    seen = message._VALID_HOSTS  # (the same set object in both builds; a final name cannot be patched)
+    seen = message._VALID_HOSTS  # (the same dict in both builds; a final name cannot be patched)
     seen.clear()
-    check_request(b"GET", b"/", [(b"host", b"example.com")], "1.1", True, False)
-    assert seen == {b"example.com"}
+    assert check_request(b"GET", b"/", [(b"host", b"Example.com:8080")], "1.1", True, False).hostname == "example.com"
+    assert seen == {b"Example.com:8080": "example.com"}
+    # The second time the name comes from the dict, the same.
+    assert check_request(b"GET", b"/", [(b"host", b"Example.com:8080")], "1.1", True, False).hostname == "example.com"
     with pytest.raises(BadRequest, match="invalid Host"):  # a bad one is never remembered
         check_request(b"GET", b"/", [(b"host", b"a/b")], "1.1", True, False)
-    assert seen == {b"example.com"}
+    assert seen == {b"Example.com:8080": "example.com"}
+    for value, name in ((b"[::1]:80", "[::1]"), (b"[FE80::1]", "[fe80::1]"), (b"h", "h"), (b"", ""), (b"h:", "h")):
+        assert check_request(b"GET", b"/", [(b"host", value)], "1.1", True, False).hostname == name
     for i in range(message.VALID_HOSTS_MAX + 10):
         check_request(b"GET", b"/", [(b"host", b"h%d" % i)], "1.1", True, False)
     assert len(seen) <= message.VALID_HOSTS_MAX
