@@ -252,15 +252,11 @@ def upgrade_tokens(names: tuple[str, ...]) -> frozenset[bytes]:
     return tokens
 
 
-#: The common methods' names as str (RFC 9110 §9.3, RFC 5789): the rules see a str.
-_METHOD_NAMES: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
-                                                "TRACE", "PATCH")}
-
-
 def method_name(method: bytes) -> str:
-    """``method.decode("latin-1")``, looked up for the common ones."""
-    name = _METHOD_NAMES.get(method)
-    return name if name is not None else method.decode("latin-1")
+    """``method.decode("latin-1")``, with GET (most requests) a comparison and a constant:
+    half the cost of the decoding in the compiled build (a dict of methods costs more than
+    the decoding: the method's bytes are new each time, so hashed each time)."""
+    return "GET" if method == b"GET" else method.decode("latin-1")
 
 
 def host_name(host: bytes) -> str:

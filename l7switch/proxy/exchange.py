@@ -113,7 +113,7 @@ class Exchange(ResponseSink):
     )
 
     def __init__(self, client: ClientPort, gen: Generation, state: SwitchState, head: RequestHead,
-                 pool: ServerPool, route: str, key: str | None = None) -> None:
+                 pool: ServerPool, route: str, key: str | None = None, now: float = 0.0) -> None:
         self.client = client
         self.gen = gen  # the rules and pools this request was routed with, kept to its end
         self.state = state
@@ -127,7 +127,7 @@ class Exchange(ResponseSink):
         self.server: Server | None = None  # counted in flight (pool.begin) while set
         self.cpool: ConnectionPool | None = None
         self.up: UpstreamConnection | None = None
-        self.t0 = monotonic()
+        self.t0 = now or monotonic()  # (``now``: the client read's clock stamp, ClientPort.now)
         has_body = head.chunked or bool(head.content_length)
         self.body = RequestBody(head.chunked, gen.max_body_bytes) if has_body else None
         self.resendable = False  # sent on a reused connection that has not answered yet
@@ -165,8 +165,9 @@ class Exchange(ResponseSink):
         return self.state.request_id(self.seq)
 
     # ---- choosing a server and connecting ------------------------------------------------------
-    def start(self) -> None:
-        """Its turn on the client connection: choose a server and get a connection to it."""
+    def start(self, now: float = 0.0) -> None:
+        """Its turn on the client connection: choose a server and get a connection to it.
+        ``now``: the clock, if the caller has just read it (one client read: one stamp)."""
         if self.refusal is not None:
             # Answered in order like any other; not logged here (the guard paces those lines).
             # An Upgrade's bytes after its head would be read as HTTP: close after it.
@@ -185,7 +186,7 @@ class Exchange(ResponseSink):
         if persist is None:
             server = self.pool.pick(self.key)  # (dispatch.choose without persistence, inlined)
             if server is not None and (not server.maxconn or server.inflight < server.maxconn):
-                self._use(server)
+                self._use(server, now)
                 return
             choice = (room_for(self.pool, server, self.key, None, False, None) if server is not None
                       else unavailable(self.pool))
@@ -241,16 +242,16 @@ class Exchange(ResponseSink):
             self.waited += monotonic() - self.t_queued
         return ticket
 
-    def _use(self, server: Server) -> None:
+    def _use(self, server: Server, now: float = 0.0) -> None:
         self.phase = CONNECTING
         self.server = server
         self.attempts += 1
         self.pool.begin(server)
-        self.t_connect = monotonic()
+        self.t_connect = now = now or monotonic()
         self.cpool = cpool = self.gen.cpools[server]
         conn = cpool.acquire()
         if conn is not None:
-            self._attach(conn)
+            self._attach(conn, now)
         else:
             self._open(cpool)
 
@@ -325,7 +326,7 @@ class Exchange(ResponseSink):
         if server is not None:
             self.pool.end(server)
 
-    def _attach(self, conn: UpstreamConnection) -> None:
+    def _attach(self, conn: UpstreamConnection, now: float = 0.0) -> None:
         self.up = conn
         conn.owner = self  # (its head counters were reset when it was pooled or made)
         self.phase = AWAITING
@@ -341,7 +342,7 @@ class Exchange(ResponseSink):
             uf.pause_reading(PEER_FULL)
         # While the body is still coming, the client's pace governs (timeouts.client); the
         # server owes us nothing yet.
-        self.t_sent = now = monotonic()
+        self.t_sent = now = now or monotonic()
         conn.deadline = now + self.gen.server_timeout if self.req_done else 0.0
         gen = self.gen
         head = forward_request_head(self.head, client.peer_ip, client.proto, self.head.chunked,

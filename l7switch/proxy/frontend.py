@@ -90,7 +90,7 @@ class ClientConnection(ClientPort):
         "switch", "upgrades", "transport", "parser", "deadline", "state",
         "exchange", "receiving", "queue", "url", "headers", "head_bytes", "head_fed",
         "pending_error", "upgrading", "tunnel", "closed", "requests", "in_trailers", "upgrade_field",
-        "connection_field", "skip_head", "resume_body", "guard_key", "pace", "held",
+        "connection_field", "skip_head", "resume_body", "guard_key", "pace", "held", "now",
     )
 
     def __init__(self, switch: SwitchState, listener: ListenerSpec | None = None) -> None:
@@ -119,6 +119,7 @@ class ClientConnection(ClientPort):
         self.upgrade_field = False  # the head being parsed has an Upgrade field
         self.connection_field = False  # ... a Connection field (see http_version)
         self.skip_head = False  # the parser reads a head we made up (see _resume_body)
+        self.now = 0.0  # the clock when the current read came (_received)
         self.resume_body: Exchange | None = None  # an ignored Upgrade whose body llhttp skipped
         self.guard_key: str | None = None  # counted under this per-client key (limits.per_client)
         self.pace: BodyPace | None = None  # while a request body arrives (BODY)
@@ -183,11 +184,13 @@ class ClientConnection(ClientPort):
         self._received(data)
 
     def _received(self, data: bytes) -> None:
+        # One clock stamp per read: the heads it completes start their exchanges with it.
+        self.now = now = monotonic()
         state = self.state
         if state == IDLE:
             # The next request's first byte: its head is due timeouts.header from now.
             self.state = state = HEAD
-            self.deadline = monotonic() + self.switch.current.header_timeout
+            self.deadline = now + self.switch.current.header_timeout
             self.switch.idle.pop(self, None)
         # (BODY: the pace's looks judge silence and rate from the byte count; no store per read.)
         heads = self.requests
@@ -353,7 +356,7 @@ class ClientConnection(ClientPort):
         self.connection_field = False
         if self.state == IDLE:
             self.state = HEAD
-            self.deadline = monotonic() + self.switch.current.header_timeout
+            self.deadline = self.now + self.switch.current.header_timeout  # (a later pipelined head)
             self.switch.idle.pop(self, None)
 
     def on_url(self, url: bytes) -> None:
@@ -409,7 +412,8 @@ class ClientConnection(ClientPort):
         rule, pool_name = gen.router.route(view)
         pool = gen.pools[pool_name]
         key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
-        ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key)
+        ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key,
+                      self.now)
         ex.t_head = self.deadline - gen.header_timeout  # (the head was due timeouts.header from its start)
         if self.guard_key is not None:
             ex.refusal = self.switch.rate_check(self.guard_key, self.peer_ip)  # 429 over the client's rate
@@ -422,7 +426,7 @@ class ClientConnection(ClientPort):
         if self.exchange is None:
             self.exchange = ex
             self._set_state(ex)
-            ex.start()
+            ex.start(self.now)
         else:
             self.queue.append(ex)
             self.flow.pause_reading(WAITING)  # answer in order (RFC 9112 §9.3.2)
