@@ -191,7 +191,9 @@ class ClientConnection(ClientPort):
             # The next request's first byte: its head is due timeouts.header from now.
             self.state = state = HEAD
             self.deadline = now + self.switch.current.header_timeout
-            self.switch.idle.pop(self, None)
+            idle = self.switch.idle
+            if self in idle:  # (compiled: two C calls; dict.pop is a method call by name)
+                del idle[self]
         # (BODY: the pace's looks judge silence and rate from the byte count; no store per read.)
         heads = self.requests
         self.feeding = True
