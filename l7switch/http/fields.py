@@ -66,9 +66,15 @@ def field_lines(lines: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
 
 
 def has_field(lines: list[bytes], name: bytes) -> bool:
-    """Whether there is a field ``name`` (lower case), whatever its case in the head."""
+    """Whether there is a field ``name`` (lower case), whatever its case in the head. A line is
+    only cut and lower-cased where its first byte and a colon after ``len(name)`` bytes say it
+    may be one (a method call per line would cost more than the rest of the response)."""
+    k = len(name)
+    first = name[0]
     for i in range(1, len(lines)):
-        if lines[i].partition(b":")[0].translate(ASCII_LOWER) == name:
+        line = lines[i]
+        if (len(line) > k and line[k] == 58 and ASCII_LOWER[line[0]] == first
+                and line[:k].translate(ASCII_LOWER) == name):
             return True
     return False
 

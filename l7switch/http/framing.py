@@ -34,7 +34,7 @@ _NOTED: Final = HOP_BY_HOP | frozenset((b"x-cache", b"age"))
 #: For each byte a field line may start with (either case), the _NOTED names starting with it:
 #: a line starting otherwise (Date, Server, ETag...) is passed on after one look at its first
 #: byte; a name is only cut out and lower-cased where a colon stands right after its length.
-_BY_FIRST: Final = [tuple(n for n in sorted(_NOTED) if n[0] == c | 0x20) for c in range(256)]
+_BY_FIRST: Final = [tuple(n for n in sorted(_NOTED) if n[0] == ASCII_LOWER[c]) for c in range(256)]
 
 
 def relay_fields(lines: list[bytes]) -> Fields:

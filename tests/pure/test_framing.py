@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from l7switch.errors import BadRequest
-from l7switch.http.fields import cut_head, split_fields
+from l7switch.http.fields import cut_head, has_field, split_fields
 from l7switch.http.framing import Framing, forward_response_head, relay_fields, response_framing
 from l7switch.http.message import relay_head
 from l7switch.stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
@@ -145,3 +145,11 @@ def test_relay_fields_agrees_with_the_line_filter(fields: list[tuple[bytes, byte
     assert chunked == any(n == b"transfer-encoding" for n, _ in split)
     lengths = [v for n, v in split if n == b"content-length"]
     assert length == (int(lengths[-1].strip() or b"-1") if lengths else None)
+
+
+def test_has_field_whatever_the_case() -> None:
+    lines = [b"HTTP/1.1 200 OK", b"Date: d", b"CACHE-control: x", b"_Odd: 1", b"Set-Cookie:a=b"]
+    for name in (b"cache-control", b"_odd", b"set-cookie", b"date"):
+        assert has_field(lines, name)
+    for name in (b"cache", b"cache-controls", b"odd", b"set-cookie2", b"dat", b"http/1.1 200 ok"):
+        assert not has_field(lines, name)

@@ -219,6 +219,7 @@ def test_insert_sets_cookie_only_when_the_client_does_not_name_the_server() -> N
     for said in ([b"", b"cache-control: no-store"], [b"", b"Date: d", b"Cache-Control:no-store"]):
         assert b"Cache-Control" not in persist.response(a1, None, said)[0]
     assert b"Cache-Control" in persist.response(a1, None, [b"", b"X-Cache-Control: no"])[0]
+    assert b"Cache-Control" in persist.response(a1, None, [b"", b"Cache-Controls: no", b"Cache-Contro: l"])[0]
     head = forward_response_head(200, b"", [b"", b"Content-Length: 0"], b"Content-Length: 0\r\n",
                                  False, extra=persist.response(a1, None, [b""])[0])
     assert head.count(b"\r\n\r\n") == 1 and b"\r\nSet-Cookie: SRVID=" in head
