@@ -462,7 +462,7 @@ class Exchange(ResponseSink):
                 self.to_client.append(forward_response_head(status, b"", lines, b"", False))
             return
         server = self.server
-        self.t_resp = now = monotonic()
+        self.t_resp = now = up.now if up is not None else monotonic()  # (the read's clock stamp)
         if server is not None:
             server.record_latency(now - self.t0)
             if server.errors or self.pool.observe_l7:
@@ -548,7 +548,7 @@ class Exchange(ResponseSink):
                 # connection can be trusted to be at a message boundary.
                 self.resp_close = True
                 up.keep_alive = False
-            self._finish()
+            self._finish(now=up.now)
         elif self.phase == RELAYING and self.resp_splice_left > 0:
             self._start_response_splice()
 
@@ -623,7 +623,7 @@ class Exchange(ResponseSink):
         if self.phase == DONE:
             return
         self.phase = DONE
-        self._account(self.status)
+        self._account(self.status, monotonic())
         self._end_server()
         self.up = None  # the tunnel has closed it
         self.client.exchange_finished(self, None, "", True)
@@ -756,7 +756,7 @@ class Exchange(ResponseSink):
         self._leave_queue()  # at once
         if self.phase != DONE:
             self.phase = DONE
-            self._account(self.status)
+            self._account(self.status, monotonic())
             access = self.state.access
             if access is not None:
                 access.exchange(self, self.client, self.head, self.resp_bytes, self.status,
@@ -783,9 +783,12 @@ class Exchange(ResponseSink):
         self.client_lost()
         self.client.abort()
 
-    def _finish(self, error: L7Error | None = None, close: bool = False) -> None:
+    def _finish(self, error: L7Error | None = None, close: bool = False, now: float = 0.0) -> None:
+        """The exchange is over. ``now``: the clock, if the caller has just read it."""
         if self.phase == DONE:
             return
+        if not now:
+            now = monotonic()
         complete = self.phase == COMPLETE
         self.phase = DONE
         if self.buffered:
@@ -799,12 +802,12 @@ class Exchange(ResponseSink):
         up, self.up = self.up, None
         if up is not None:
             if error is None and complete and self.req_done and self.cpool is not None:
-                self.cpool.release(up)  # (which unlinks the two sides' flow control)
+                self.cpool.release(up, now)  # (which unlinks the two sides' flow control)
             else:
                 self.client.flow.unlink()
                 up.close()
         status = self.status if error is None else error.status
-        self._account(status)
+        self._account(status, now)
         access = self.state.access
         if access is not None:
             term = self.term or ("-" if error is None else ERROR_TERM.get(error.status, "switch"))
@@ -812,16 +815,16 @@ class Exchange(ResponseSink):
         # After the release: a request waiting for this server takes the warm connection.
         self._end_server()
         self.client.exchange_finished(self, error, self.request_id if error is not None else "",
-                                      close or self.resp_close or not self.req_done)
+                                      close or self.resp_close or not self.req_done, now)
 
-    def _account(self, status: int) -> None:
+    def _account(self, status: int, now: float) -> None:
         """The request has ended: counted for its server (or its pool, when no server took it)
         and its listener (stats.count; the monitor and /metrics read these)."""
         body = self.body
         server = self.server
         count(server.traffic if server is not None else self.pool.unserved, self.client.traffic, status,
               body.received if body is not None else 0, self.resp_bytes,
-              monotonic() - (self.t_head or self.t0), self.cache)
+              now - (self.t_head or self.t0), self.cache)
 
     # ---- introspection ------------------------------------------------------------------------------
     def _where(self) -> str:

@@ -449,7 +449,8 @@ class ClientConnection(ClientPort):
             ex.request_complete()
 
     # ---- called by exchanges (ports.ClientPort), the clock and the switch ------------------------
-    def exchange_finished(self, ex: Exchange, error: L7Error | None, request_id: str, close: bool) -> None:
+    def exchange_finished(self, ex: Exchange, error: L7Error | None, request_id: str, close: bool,
+                          now: float = 0.0) -> None:
         if ex is not self.exchange:
             return
         transport = self.transport
@@ -476,7 +477,7 @@ class ClientConnection(ClientPort):
             self._set_state(nxt)
             if not self.queue:
                 self.flow.resume_reading(WAITING)
-            nxt.start()
+            nxt.start(now)
             return
         if self.pending_error is not None:
             self._send_error(self.pending_error)
@@ -485,7 +486,8 @@ class ClientConnection(ClientPort):
         gen = self.switch.current
         # Keep-alive idle: timeouts.keepalive (HAProxy "timeout http-keep-alive"); a client that
         # has not read the last response yet is not idle but not reading: timeouts.client.
-        now = monotonic()
+        if not now:
+            now = monotonic()
         self.deadline = now + (gen.keepalive_timeout if self.flow.writable else gen.client_timeout)
         self.switch.idle[self] = now  # the newest idle, last to go under pressure
 

@@ -97,8 +97,10 @@ class ClientPort(asyncio.Protocol):
         """The request body crossed by splice: the parser's state is stale, the request done."""
         raise NotImplementedError
 
-    def exchange_finished(self, ex: Any, error: L7Error | None, request_id: str, close: bool) -> None:
-        """``ex`` is over: answer ``error`` if set, then serve the next request or close."""
+    def exchange_finished(self, ex: Any, error: L7Error | None, request_id: str, close: bool,
+                          now: float = 0.0) -> None:
+        """``ex`` is over: answer ``error`` if set, then serve the next request or close.
+        ``now``: the clock, if the caller has just read it."""
         raise NotImplementedError
 
     def tunnel_started(self, tunnel: Tunnel) -> None:

@@ -52,7 +52,7 @@ CLOSED_PARSER: Final = httptools.HttpResponseParser(_NoCallbacks())
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("transport", "flow", "parser", "server", "cpool", "owner", "deadline", "reused",
                  "keep_alive", "closed", "got_bytes", "clock", "tunnel", "in_head", "head_seen",
-                 "head_lines", "head_parts", "head_at")
+                 "head_lines", "head_parts", "head_at", "now")
 
     def __init__(self, server: Server, cpool: ConnectionPool) -> None:
         self.server = server
@@ -73,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         # current head starts (after a 1xx head, its successor).
         self.head_parts: list[bytes] = []
         self.head_at = 0
+        self.now = 0.0  # the clock when the current read came (data_received)
         self.clock: Clock = cpool.clock
         self.tunnel: Tunnel | None = None
 
@@ -93,6 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        self.now = monotonic()  # one clock stamp per read, for what it completes
         if self.in_head:
             self.head_parts.append(data)
         try:
@@ -123,7 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.owner is not None:
                 # More of this response is to come: timeouts.server is the longest silence,
                 # so every read re-arms it. (A response that ended here has been released.)
-                self.deadline = monotonic() + self.cpool.server_timeout
+                self.deadline = self.now + self.cpool.server_timeout
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
@@ -280,7 +282,7 @@ class ConnectionPool:
         self.server.idle_conns = 0
         return None
 
-    def release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection, now: float = 0.0) -> None:
         conn.owner = None
         conn.got_bytes = False
         conn.in_head = True  # the next bytes are the next response's head
@@ -292,7 +294,7 @@ class ConnectionPool:
         if conn.closed or not conn.keep_alive or len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.deadline = monotonic() + self.idle_timeout
+        conn.deadline = (now or monotonic()) + self.idle_timeout
         flow = conn.flow
         if flow is not None:
             peer = flow.peer
