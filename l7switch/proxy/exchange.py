@@ -529,7 +529,7 @@ class Exchange(ResponseSink):
         if self.resp_chunked:
             self.to_client.append(CHUNK_END)
 
-    def after_upstream_feed(self) -> None:
+    def after_upstream_feed(self, now: float = 0.0) -> None:
         if self.phase == DONE:
             return
         self.resendable = False  # the server answered: the connection was not stale
@@ -548,7 +548,7 @@ class Exchange(ResponseSink):
                 # connection can be trusted to be at a message boundary.
                 self.resp_close = True
                 up.keep_alive = False
-            self._finish(now=up.now)
+            self._finish(now=now)  # (not up.now: after a splice that read is long past)
         elif self.phase == RELAYING and self.resp_splice_left > 0:
             self._start_response_splice()
 

@@ -37,8 +37,9 @@ class ResponseSink:
     def response_complete(self) -> None:
         raise NotImplementedError
 
-    def after_upstream_feed(self) -> None:
-        """One read from the server has been parsed: write what it produced, as one write."""
+    def after_upstream_feed(self, now: float = 0.0) -> None:
+        """One read from the server has been parsed: write what it produced, as one write.
+        ``now``: the clock when that read came, if the caller took it."""
         raise NotImplementedError
 
     def response_upgraded(self, leftover: bytes) -> None:

@@ -121,7 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         owner = self.owner  # may have finished (and been released) inside the callbacks
         if owner is not None:
-            owner.after_upstream_feed()
+            owner.after_upstream_feed(self.now)
             if self.owner is not None:
                 # More of this response is to come: timeouts.server is the longest silence,
                 # so every read re-arms it. (A response that ended here has been released.)

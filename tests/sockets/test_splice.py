@@ -372,3 +372,32 @@ def test_slow_client_backpressure_carries_over_to_the_next_pipelined_response(lt
         time.sleep(0.6)  # reading nothing
         assert lt.call(buffered) < 1_500_000, first
         s.close()
+
+
+def test_keep_alive_deadline_after_a_slow_spliced_response(raw_origin, switch_factory):
+    """A response spliced for longer than timeouts.keepalive: the client's keep-alive time starts
+    when the response ends, not at the server read that carried its head (that read's clock
+    stamp is long past when the splice finishes), so the connection serves the next request."""
+    size = 256 * 1024
+
+    async def behave(reader, writer):
+        while True:
+            head = await read_head(reader)
+            if b"/slow" in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                for _ in range(8):  # 1.6 s for the body
+                    await asyncio.sleep(0.2)
+                    writer.write(b"s" * (size // 8))
+                    await writer.drain()
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+    ro = raw_origin(behave)
+    sw = switch_factory(simple_config(ro.port, extra=splice_cfg() + "timeouts: {keepalive: 1s}\n"))
+    with Conn(sw.port, timeout=5) as c:
+        c.send(get("/slow"))
+        r = c.response()
+        assert r.status == 200 and r.body == b"s" * size
+        time.sleep(0.5)  # within timeouts.keepalive of the response's end, past it from its head
+        c.send(get("/next"))
+        assert c.response().body == b"ok"
