@@ -352,7 +352,11 @@ class Exchange(ResponseSink):
         self.resendable = conn.reused and self.head.upgrade is None
         body = self.body
         if body is None:
-            conn.write(head)
+            t = conn.transport
+            if conn.reused and t is not None:
+                t.write(head)  # (taken from the pool just now: acquire() saw it open)
+            else:
+                conn.write(head)
             return
         if body.held_size > HIGH_WATER:
             client.flow.resume_reading(PEER_FULL)  # held while connecting; the link takes over

@@ -410,10 +410,21 @@ class ClientConnection(ClientPort):
         if limit is not None and head.content_length is not None and head.content_length > limit:
             # Refuse at the head: a body at/above splice.threshold never passes request_body's check.
             raise PayloadTooLarge(f"request body over {limit} bytes")
-        view = RequestView(method_name(head.method), head.path, head.query, head.hostname, raw=head.headers)
-        rule, pool_name = gen.router.route(view)
+        # The view the rules and the pool's key look at, made only if something will.
+        router = gen.router
+        view = None
+        if router.rules:
+            view = RequestView(method_name(head.method), head.path, head.query, head.hostname, raw=head.headers)
+            rule, pool_name = router.route(view)
+        else:
+            rule, pool_name = None, router.default_pool
         pool = gen.pools[pool_name]
-        key = pool.keyfn(view, self.peer_ip) if pool.keyfn is not None else None
+        key = None
+        if pool.keyfn is not None:
+            if view is None:
+                view = RequestView(method_name(head.method), head.path, head.query, head.hostname,
+                                   raw=head.headers)
+            key = pool.keyfn(view, self.peer_ip)
         ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key,
                       self.now)
         ex.t_head = self.deadline - gen.header_timeout  # (the head was due timeouts.header from its start)
