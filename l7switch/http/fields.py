@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .message import ASCII_LOWER, HOP_BY_HOP, PLAIN_CONNECTION, connection_tokens
+from .message import ASCII_LOWER, hop_by_hop
 
 
 def cut_head(buf: bytes, at: int, most: int) -> tuple[list[bytes], int]:
@@ -46,11 +46,7 @@ def split_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
 
 def lines_hop_by_hop(lines: list[bytes]) -> frozenset[bytes]:
     """message.hop_by_hop for a head's lines: HOP_BY_HOP plus what Connection fields name."""
-    fields = split_fields(lines)
-    for name, value in fields:
-        if name == b"connection" and value not in PLAIN_CONNECTION:
-            return HOP_BY_HOP | connection_tokens(fields)
-    return HOP_BY_HOP
+    return hop_by_hop(split_fields(lines))
 
 
 def field_lines(lines: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
@@ -65,16 +61,21 @@ def field_lines(lines: list[bytes], drop: frozenset[bytes]) -> list[bytes]:
     return out
 
 
-def has_field(lines: list[bytes], name: bytes) -> bool:
-    """Whether there is a field ``name`` (lower case), whatever its case in the head. A line is
-    only cut and lower-cased where its first byte and a colon after ``len(name)`` bytes say it
-    may be one (a method call per line would cost more than the rest of the response)."""
+def is_named(line: bytes, name: bytes) -> bool:
+    """Whether field line ``line`` is a ``name`` (lower case) field, whatever its case: the name
+    is only cut out and lower-cased where a colon stands right after ``len(name)`` bytes (no
+    method call on a line that cannot be one)."""
     k = len(name)
+    return len(line) > k and line[k] == 58 and line[:k].translate(ASCII_LOWER) == name
+
+
+def has_field(lines: list[bytes], name: bytes) -> bool:
+    """Whether there is a field ``name`` (lower case), whatever its case in the head (a line
+    whose first byte differs is not looked at further)."""
     first = name[0]
     for i in range(1, len(lines)):
         line = lines[i]
-        if (len(line) > k and line[k] == 58 and ASCII_LOWER[line[0]] == first
-                and line[:k].translate(ASCII_LOWER) == name):
+        if ASCII_LOWER[line[0]] == first and is_named(line, name):
             return True
     return False
 

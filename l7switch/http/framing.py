@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from ..stats import CACHE_HIT, CACHE_MISS, CACHE_UNKNOWN
-from .fields import field_lines, lines_hop_by_hop
+from .fields import field_lines, is_named, lines_hop_by_hop
 from .message import ASCII_LOWER, HOP_BY_HOP, PLAIN_CONNECTION, parse_content_length, relay_head
 
 NO_BODY_STATUS: Final = (204, 304)
@@ -33,7 +33,7 @@ Fields = tuple[list[bytes], "int | None", bool, int]
 _NOTED: Final = HOP_BY_HOP | frozenset((b"x-cache", b"age"))
 #: For each byte a field line may start with (either case), the _NOTED names starting with it:
 #: a line starting otherwise (Date, Server, ETag...) is passed on after one look at its first
-#: byte; a name is only cut out and lower-cased where a colon stands right after its length.
+#: byte (then fields.is_named).
 _BY_FIRST: Final = [tuple(n for n in sorted(_NOTED) if n[0] == ASCII_LOWER[c]) for c in range(256)]
 
 
@@ -57,9 +57,8 @@ def relay_fields(lines: list[bytes]) -> Fields:
         line = lines[i]
         n = len(line)
         for name in _BY_FIRST[line[0]]:
-            k = len(name)
-            if n > k and line[k] == 58 and line[:k].translate(ASCII_LOWER) == name:  # "name:"
-                at = k + 1
+            if is_named(line, name):
+                at = len(name) + 1
                 while at < n and line[at] in (32, 9):  # OWS (RFC 9110 §5.6.3)
                     at += 1
                 value = line[at:]
