@@ -35,8 +35,8 @@ from typing import Any, Final, cast
 import httptools
 
 from ..errors import BadRequest, HeadersTooLarge, L7Error, PayloadTooLarge, RequestTimeout
-from ..http.message import (ASCII_LOWER, DEFAULT_UPGRADES, check_request, error_response, method_name,
-                            upgrade_tokens)
+from ..http.message import (ASCII_LOWER, DEFAULT_UPGRADES, RequestHead, check_request, error_response,
+                            method_name, upgrade_tokens)
 from ..http.rules import RequestView
 from ..net.clock import monotonic
 from ..net.flow import CLOSING, HIGH_WATER, PEER_FULL, SPLICING, TURN, WAITING, FlowControl
@@ -83,6 +83,11 @@ def http_version(parser: httptools.HttpRequestParser, keep_alive: bool, connecti
     if keep_alive and not connection_field:
         return "1.1"
     return parser.get_http_version()
+
+
+def request_view(head: RequestHead) -> RequestView:
+    """What the rules and a pool's key look at in a checked request head."""
+    return RequestView(method_name(head.method), head.path, head.query, head.hostname, raw=head.headers)
 
 
 class ClientConnection(ClientPort):
@@ -188,12 +193,8 @@ class ClientConnection(ClientPort):
         self.now = now = monotonic()
         state = self.state
         if state == IDLE:
-            # The next request's first byte: its head is due timeouts.header from now.
-            self.state = state = HEAD
-            self.deadline = now + self.switch.current.header_timeout
-            idle = self.switch.idle
-            if self in idle:  # (compiled: two C calls; dict.pop is a method call by name)
-                del idle[self]
+            self._head_begins(now)
+            state = HEAD
         # (BODY: the pace's looks judge silence and rate from the byte count; no store per read.)
         heads = self.requests
         self.feeding = True
@@ -357,9 +358,16 @@ class ClientConnection(ClientPort):
         self.upgrade_field = False
         self.connection_field = False
         if self.state == IDLE:
-            self.state = HEAD
-            self.deadline = self.now + self.switch.current.header_timeout  # (a later pipelined head)
-            self.switch.idle.pop(self, None)
+            self._head_begins(self.now)  # (a later pipelined head)
+
+    def _head_begins(self, now: float) -> None:
+        """The next request's first byte came while idle: its head is due timeouts.header from
+        ``now``, and the connection is no longer among the idle ones."""
+        self.state = HEAD
+        self.deadline = now + self.switch.current.header_timeout
+        idle = self.switch.idle
+        if self in idle:  # (compiled: two C calls; dict.pop is a method call by name)
+            del idle[self]
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -414,17 +422,14 @@ class ClientConnection(ClientPort):
         router = gen.router
         view = None
         if router.rules:
-            view = RequestView(method_name(head.method), head.path, head.query, head.hostname, raw=head.headers)
+            view = request_view(head)
             rule, pool_name = router.route(view)
         else:
             rule, pool_name = None, router.default_pool
         pool = gen.pools[pool_name]
         key = None
         if pool.keyfn is not None:
-            if view is None:
-                view = RequestView(method_name(head.method), head.path, head.query, head.hostname,
-                                   raw=head.headers)
-            key = pool.keyfn(view, self.peer_ip)
+            key = pool.keyfn(view if view is not None else request_view(head), self.peer_ip)
         ex = Exchange(self, gen, self.switch, head, pool, rule.label if rule is not None else "default", key,
                       self.now)
         ex.t_head = self.deadline - gen.header_timeout  # (the head was due timeouts.header from its start)
