@@ -377,6 +377,14 @@ def persistence_header(persistence: str, origin_port: int) -> str | None:
     return f"Cookie: a=1; SRVID={server_cookie_id('origin', f'127.0.0.1:{origin_port}')}"
 
 
+def package_cmd(config: Path, package_dir: Path | None) -> tuple[list[str], dict[str, str] | None]:
+    """``python -m l7switch run -c CONFIG`` with this interpreter (its venv has the
+    dependencies), and the environment that puts the l7switch package in ``package_dir`` first
+    (another source tree, or build/compiled); None: this tree's, the environment unchanged."""
+    cmd = [sys.executable, "-m", "l7switch", "run", "-c", str(config)]
+    return cmd, ({**os.environ, "PYTHONPATH": str(package_dir)} if package_dir is not None else None)
+
+
 def l7switch_cmd(config: Path) -> list[str]:
     """Prefer the venv console script next to our interpreter; else `python -m l7switch`.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shlex
 import sys
 import tempfile
@@ -126,8 +125,7 @@ def run(args: argparse.Namespace, procs: bl.Procs, tmp: Path) -> int:
     cmd = bl.l7switch_cmd(config)
     env = None
     if args.build is not None:  # that package (e.g. the compiled build) with this interpreter
-        cmd = [sys.executable, "-m", "l7switch", "run", "-c", str(config)]
-        env = {**os.environ, "PYTHONPATH": str(args.build.resolve())}
+        cmd, env = bl.package_cmd(config, args.build.resolve())
     print(f"# l7switch: {shlex.join(cmd)} (RLIMIT_NOFILE raised in the child via preexec_fn)",
           file=sys.stderr)
     proc = procs.start("l7switch", cmd, env=env)

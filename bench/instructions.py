@@ -79,9 +79,8 @@ def count(build: Path | None, tmp: Path, procs: bl.Procs, origin: int, n: int, s
         if access_log:
             with cfg.open("a") as f:
                 f.write(f"log: {{access: {tmp / f'access-{tag}.log'}, format: {access_log}}}\n")
-        if build is not None:
-            env["PYTHONPATH"] = str(build)
-        target = [sys.executable, "-m", "l7switch", "run", "-c", str(cfg)]
+        target, package_env = bl.package_cmd(cfg, build)
+        env.update(package_env or {})
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *target]
     proc = procs.start(f"switch-{tag}", cmd, env=env)
     err = bl.wait_port(port, proc, timeout=120.0)

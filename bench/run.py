@@ -154,14 +154,9 @@ def start_proxy(name: str, procs: bl.Procs, tmp: Path, tools: dict[str, str], or
                 f.write(f"workers: {name.rpartition('-x')[2]}\nadmin: off\nworker_steering: {STEERING}\n")
         cmd = bl.l7switch_cmd(cfg)
     env = None
-    if BUILD_DIR is not None and name.startswith("l7switch") and name != BASELINE:
-        cmd = [sys.executable, "-m", "l7switch"] + cmd[-3:]
-        env = {**os.environ, "PYTHONPATH": str(BUILD_DIR)}
-    if name == BASELINE:
-        # The same interpreter and venv (the dependencies), the other tree's package first.
-        assert BASELINE_DIR is not None
-        cmd = [sys.executable, "-m", "l7switch"] + cmd[-3:]
-        env = {**os.environ, "PYTHONPATH": str(BASELINE_DIR)}
+    if name == BASELINE or (BUILD_DIR is not None and name.startswith("l7switch")):
+        # The same interpreter and venv (the dependencies), the other package first.
+        cmd, env = bl.package_cmd(cfg, BASELINE_DIR if name == BASELINE else BUILD_DIR)
     print(f"# start {name}: {shlex.join(cmd)}", file=sys.stderr)
     try:
         proc = procs.start(name, cmd, env=env)
